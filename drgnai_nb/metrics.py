@@ -7,7 +7,7 @@ __all__ = ['spherical_mask', 'Resolution', 'FSCResult', 'resolution', 'fsc', 'pr
            'align_rotations', 'rotation_errors', 'fit_global_shift', 'PoseError', 'pose_error', 'summary_table',
            'adjusted_rand_index', 'cluster_accuracy']
 
-# %% ../nbs/08_metrics.ipynb #a917e0cc
+# %% ../nbs/08_metrics.ipynb #9beb313c
 import math
 from dataclasses import dataclass
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from .io import DrgnaiInputError
 
-# %% ../nbs/08_metrics.ipynb #e71dd045
+# %% ../nbs/08_metrics.ipynb #67280220
 def _np64(x, name:str)->np.ndarray:
     "Array-like or tensor (any device) to a float64 numpy array."
     if isinstance(x, Tensor): x = x.detach().cpu().double().numpy()
@@ -31,7 +31,7 @@ def _volume(x, name:str)->Tensor:
         raise DrgnaiInputError(f'{name}: expected a cubic volume of shape (D, D, D), got {tuple(v.shape)}')
     return v
 
-# %% ../nbs/08_metrics.ipynb #13ab4530
+# %% ../nbs/08_metrics.ipynb #2fec640a
 def _radius_grid(D:int)->Tensor:
     "(D, D, D) distance (pixels) of each voxel of a centred grid from index D//2 on every axis."
     c = torch.arange(D, dtype=torch.float64) - D // 2
@@ -51,7 +51,7 @@ def spherical_mask(D:int, # box size, pixels
         m[edge] = 0.5 * (1 + torch.cos(math.pi * (r[edge] - radius_px) / soft_px))
     return m.float()
 
-# %% ../nbs/08_metrics.ipynb #754aaab6
+# %% ../nbs/08_metrics.ipynb #a83f6f13
 @dataclass
 class Resolution:
     "An FSC resolution estimate at one threshold."
@@ -65,7 +65,7 @@ class Resolution:
         bound = '' if self.crossed else '<='
         return f'FSC={self.threshold:g}: {bound}{self.px:.3f} px ({bound}{self.angstrom:.3f} Å, {self.freq:.4f} cycles/px)'
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class FSCResult:
     "An FSC curve: one value per integer shell 0..D//2."
     freq:np.ndarray # (S,) spatial frequency of each shell, cycles/pixel (s / D)
@@ -118,7 +118,7 @@ def resolution(fsc_result:FSCResult, # from `fsc`
     px = 1.0 / freq if freq > 0 else math.inf
     return Resolution(threshold, freq, px, px * fsc_result.Apix, crossed)
 
-# %% ../nbs/08_metrics.ipynb #d3ef99df
+# %% ../nbs/08_metrics.ipynb #309dfc9b
 def fsc(vol1, # (D, D, D) real volume, tensor or array, [z, y, x]
         vol2, # (D, D, D) real volume on the same grid
         mask=None, # optional (D, D, D) real-space mask multiplied into both volumes, e.g. `spherical_mask`
@@ -145,7 +145,7 @@ def fsc(vol1, # (D, D, D) real volume, tensor or array, [z, y, x]
     curve = torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float('nan')))
     return FSCResult(freq=np.arange(n) / D, fsc=curve.numpy(), D=D, Apix=float(Apix))
 
-# %% ../nbs/08_metrics.ipynb #24d5cd83
+# %% ../nbs/08_metrics.ipynb #6465222d
 _F = np.diag([1.0, 1.0, -1.0])
 
 def project_to_so3(M:np.ndarray # (..., 3, 3) any real matrices
@@ -164,7 +164,7 @@ def rotation_angle(R1:np.ndarray, # (..., 3, 3) rotations
     chord = np.sqrt((d**2).sum((-2, -1))) / math.sqrt(8)
     return np.degrees(2 * np.arcsin(np.clip(chord, 0, 1)))
 
-# %% ../nbs/08_metrics.ipynb #70ed4ded
+# %% ../nbs/08_metrics.ipynb #dc1745c5
 def align_rotations(rot_pred, # (N, 3, 3) predicted rotations
                     rot_true, # (N, 3, 3) ground-truth rotations
                     inlier_frac:float=0.5, # fraction of particles assumed well predicted; sets the robust error scale
@@ -191,7 +191,7 @@ def align_rotations(rot_pred, # (N, 3, 3) predicted rotations
         A = project_to_so3(B[keep].mean(0))
     return A
 
-# %% ../nbs/08_metrics.ipynb #c89f5397
+# %% ../nbs/08_metrics.ipynb #752faa67
 def _angle_between(a:np.ndarray, b:np.ndarray)->np.ndarray:
     "(..., 3) x (..., 3) -> (...,) angle in degrees, precise at small angles."
     return np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b), axis=-1), (a * b).sum(-1)))
@@ -207,7 +207,7 @@ def rotation_errors(rot_aligned:np.ndarray, # (N, 3, 3) predictions already alig
     inplane = np.abs(np.degrees(np.arctan2(Dl[..., 1, 0] - Dl[..., 0, 1], Dl[..., 0, 0] + Dl[..., 1, 1])))
     return total, oop, inplane
 
-# %% ../nbs/08_metrics.ipynb #5deabc8d
+# %% ../nbs/08_metrics.ipynb #c0e3e09d
 def fit_global_shift(dt:np.ndarray, # (N, 2) t_pred - t_true, pixels (x, y)
                      rot_true:np.ndarray, # (N, 3, 3) ground-truth rotations
                     )->np.ndarray: # (3,) volume shift s (x, y, z), pixels, true frame
@@ -216,8 +216,8 @@ def fit_global_shift(dt:np.ndarray, # (N, 2) t_pred - t_true, pixels (x, y)
     s, *_ = np.linalg.lstsq(M, _np64(dt, 'dt').reshape(-1), rcond=None)
     return s
 
-# %% ../nbs/08_metrics.ipynb #e42a3870
-@dataclass(repr=False)
+# %% ../nbs/08_metrics.ipynb #f306e9d9
+@dataclass(repr=False, eq=False)
 class PoseError:
     "Per-particle pose errors after global alignment (degrees, pixels) and the alignment found."
     rot:np.ndarray            # (N,) total rotation error, degrees
@@ -249,7 +249,7 @@ class PoseError:
         if self.shift is not None: lines.append(f'  global shift (x, y, z) px: {np.array2string(self.shift, precision=3)}')
         return '\n'.join(lines)
 
-# %% ../nbs/08_metrics.ipynb #ea06838d
+# %% ../nbs/08_metrics.ipynb #f9151d99
 def _check_rot(R:np.ndarray, name:str, N:int=None):
     if R.ndim != 3 or R.shape[1:] != (3, 3): raise DrgnaiInputError(f'{name}: expected rotations of shape (N, 3, 3), got {R.shape}')
     if N is not None and len(R) != N: raise DrgnaiInputError(f'{name}: {len(R)} rotations, expected {N} (one per particle)')
@@ -292,7 +292,7 @@ def pose_error(rot_pred, # (N, 3, 3) predicted rotations
         res.shift = s
     return res
 
-# %% ../nbs/08_metrics.ipynb #57f3f2c5
+# %% ../nbs/08_metrics.ipynb #befc39d4
 def summary_table(results, # a PoseError, or a dict {method name: PoseError}
                   resolution:dict=None, # optional {method name: resolution in pixels, or an FSCResult}
                   stat:str='median', # 'median' or 'mean' over particles
@@ -311,7 +311,7 @@ def summary_table(results, # a PoseError, or a dict {method name: PoseError}
                       'mirror': r.mirror}
     return pd.DataFrame.from_dict(rows, orient='index').rename_axis(f'{stat} over particles')
 
-# %% ../nbs/08_metrics.ipynb #1b3d4ad7
+# %% ../nbs/08_metrics.ipynb #92024b12
 def _labels(x, name:str)->np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     if a.ndim != 1: raise DrgnaiInputError(f'{name}: expected a 1-D array of labels, got shape {a.shape}')

