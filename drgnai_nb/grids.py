@@ -7,14 +7,14 @@ __all__ = ['pix2ang_nest', 'pix2vec_nest', 'grid_sizes', 's1_grid', 's2_grid', '
            'flat_index', 'grid_pose', 'grid_SO3', 'so3_grid_split', 'inplane_coords', 'rotate_slices', 'get_neighbors',
            'shift_grid_1d', 'base_shift_grid', 'shift_neighbors', 'grid_resolution']
 
-# %% ../nbs/09_grids.ipynb #0b6cc361
+# %% ../nbs/09_grids.ipynb #6a5184c6
 import math
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 from .so3 import quat_to_R, rot_z, geodesic_distance
 
-# %% ../nbs/09_grids.ipynb #91b6dfdc
+# %% ../nbs/09_grids.ipynb #db3559f3
 def _order(order)->int:
     "Validate a grid order (resolution level)."
     if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= 20:
@@ -37,7 +37,7 @@ def _idx(x, n:int, what:str)->Tensor:
         raise ValueError(f'{what} must lie in [0, {n}), got values in [{int(x.min())}, {int(x.max())}]')
     return x
 
-# %% ../nbs/09_grids.ipynb #f7d77706
+# %% ../nbs/09_grids.ipynb #d01515bb
 _JRLL = (2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4)  # ring offset of each base face's southern corner, in units of nside
 _JPLL = (1, 3, 5, 7, 0, 2, 4, 6, 1, 3, 5, 7)  # longitude of each base face's centre, in units of π/4
 
@@ -77,7 +77,7 @@ def pix2vec_nest(nside:int, # HEALPix resolution, a power of 2
     theta, phi = pix2ang_nest(nside, ipix)
     return torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], -1)
 
-# %% ../nbs/09_grids.ipynb #0cb42a17
+# %% ../nbs/09_grids.ipynb #33cfd963
 def grid_sizes(order:int # resolution level, >= 0
               )->tuple: # (n_s2, n_psi): 12·4^order viewing directions, 6·2^order in-plane angles
     "Sizes of the S² and S¹ factors of the SO(3) grid at `order` (HEALPix nside = 2^order)."
@@ -112,7 +112,7 @@ def hopf_to_R(theta, # (...) colatitude, radians
     "Rotation matrix of the grid pose with Hopf coordinates (θ, φ, ψ); equals `rot_z(ψ) @ hopf_to_R(θ, φ, 0)`."
     return quat_to_R(hopf_to_quat(theta, phi, psi))
 
-# %% ../nbs/09_grids.ipynb #4f957e8a
+# %% ../nbs/09_grids.ipynb #21d6f444
 def split_index(idx, # (...) int flat SO(3) grid indices at `order`
                 order:int, # resolution level
                )->tuple: # (s2_idx, psi_idx): (...) int64 each
@@ -151,7 +151,7 @@ def grid_SO3(order:int, # resolution level: 72·8^order poses
     i = torch.arange(n_s2 * n_psi, device=device)
     return grid_pose(i // n_psi, i % n_psi, order, dtype)
 
-# %% ../nbs/09_grids.ipynb #b3acd903
+# %% ../nbs/09_grids.ipynb #7902884d
 def so3_grid_split(order:int, # resolution level
                    dtype=torch.float32, # dtype of the matrices
                    device=None)->tuple: # (R_s2 (n_s2, 3, 3), psi (n_psi,) float64 radians)
@@ -179,7 +179,7 @@ def rotate_slices(y:Tensor, # (B, M, M) slices (or images) on the symmetrised la
     out = F.grid_sample(y[:, None], grid, mode='bilinear', padding_mode='zeros', align_corners=True)
     return out[:, 0].reshape(B, -1, M, M)
 
-# %% ../nbs/09_grids.ipynb #d6f531a9
+# %% ../nbs/09_grids.ipynb #813cfac8
 def get_neighbors(s2_idx, # (...) int S² pixel indices at `order`
                   psi_idx, # (...) int in-plane indices at `order`
                   order:int, # resolution level of the input poses
@@ -210,7 +210,7 @@ def get_neighbors(s2_idx, # (...) int S² pixel indices at `order`
         return s2_c.gather(-1, top), psi_c.gather(-1, top)
     raise ValueError(f"method must be 'transport' or 'cryodrgn', got {method!r}")
 
-# %% ../nbs/09_grids.ipynb #e9f3617b
+# %% ../nbs/09_grids.ipynb #a3f15d32
 def _shift_args(extent_px, n, level)->tuple:
     if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1): raise ValueError(f'shift grid size n must be a positive int, got {n!r}')
     if not (isinstance(level, int) and not isinstance(level, bool) and 0 <= level <= 20): raise ValueError(f'shift grid level must be an int in [0, 20], got {level!r}')
@@ -248,7 +248,7 @@ def shift_neighbors(xy_idx, # (..., 2) int (ix, iy) indices on the level-`level`
     kids = 2 * xy[..., None, :] + off  # (..., 4, 2)
     return kids, ((kids.double() + 0.5) * (dt / 2) - extent).float()
 
-# %% ../nbs/09_grids.ipynb #2670a489
+# %% ../nbs/09_grids.ipynb #27af403e
 def grid_resolution(order:int # resolution level
                    )->dict: # sizes and nominal spacings (degrees) of the SO(3) grid at `order`
     "Sizes and nominal angular spacings of the grid at `order`: the in-plane step and HEALPix pixel size, degrees."

@@ -9,7 +9,8 @@ __all__ = ['DrgnaiInputError', 'atomic_write', 'MRCInfo', 'mrc_header', 'check_m
            'load_pkl', 'save_pkl', 'check_poses', 'load_poses', 'save_poses', 'check_ctf', 'load_ctf', 'save_ctf',
            'load_ind', 'save_ind', 'write_star']
 
-# %% ../nbs/04_io.ipynb #a4f9e822
+# %% ../nbs/04_io.ipynb #ae91b6b6
+import _compat_pickle
 import importlib
 import os
 import pickle
@@ -27,11 +28,11 @@ import torch
 
 from .so3 import euler_relion_to_R, R_to_euler_relion, expmap
 
-# %% ../nbs/04_io.ipynb #4c326624
+# %% ../nbs/04_io.ipynb #23b5c867
 class DrgnaiInputError(ValueError):
     "Bad input: a file, row or field that is missing, malformed or inconsistent; the message says which and what was expected."
 
-# %% ../nbs/04_io.ipynb #675314c7
+# %% ../nbs/04_io.ipynb #22b99e30
 def atomic_write(path:str|Path, # final destination
                  write:Callable[[str], None], # writes the complete output to the temporary path it is given
                 )->Path: # `path`
@@ -52,7 +53,7 @@ def _need_file(path, what='file')->Path:
     if not p.is_file(): raise DrgnaiInputError(f'{what} not found: {p}')
     return p
 
-# %% ../nbs/04_io.ipynb #da8b56d3
+# %% ../nbs/04_io.ipynb #27e6e98f
 @dataclass(frozen=True)
 class MRCInfo:
     "Header facts of an MRC file."
@@ -100,7 +101,7 @@ def check_mrc_box(info:MRCInfo)->MRCInfo:
     if nx % 2: raise DrgnaiInputError(f'{info.path}: box {nx} is odd; an even box is required (crop or pad by one pixel)')
     return info
 
-# %% ../nbs/04_io.ipynb #3ebc717e
+# %% ../nbs/04_io.ipynb #c882345a
 class MRCStack:
     "Lazy, memory-mapped reader of an MRC image stack (or the z-sections of a volume)."
     def __init__(self,
@@ -165,7 +166,7 @@ class MRCStack:
     def __exit__(self, *a): self.close()
     def __getstate__(self): return {**self.__dict__, '_mrc': None}
 
-# %% ../nbs/04_io.ipynb #d7063bd2
+# %% ../nbs/04_io.ipynb #8d4b0130
 def read_mrc(path:str|Path, # .mrc / .mrcs file
              lazy:bool=False, # return an `MRCStack` instead of reading everything
              check_box:bool=True, # require square, even images
@@ -193,7 +194,7 @@ def write_mrc(path:str|Path, # destination .mrc / .mrcs
             m.voxel_size = float(Apix)
     return atomic_write(path, _write)
 
-# %% ../nbs/04_io.ipynb #c9d8ec56
+# %% ../nbs/04_io.ipynb #c2549df4
 def _rln(name:str)->str: return name.lstrip('_')
 def _lbl(name:str)->str: return '_' + name.lstrip('_')
 
@@ -270,7 +271,7 @@ class StarFile:
         try: return self.particles[c].to_numpy(dtype=np.float64)
         except (TypeError, ValueError) as e: raise DrgnaiInputError(f'{self.src}: column {_lbl(name)} has non-numeric values ({e})') from e
 
-# %% ../nbs/04_io.ipynb #b186a8a8
+# %% ../nbs/04_io.ipynb #74b71296
 def read_star(path:str|Path, # RELION .star file (3.0, 3.1, 4 or 5)
              )->StarFile:
     "Parse a RELION star file: `data_optics` if present, and the particle table (`data_particles`, else the largest other block)."
@@ -288,7 +289,7 @@ def read_star(path:str|Path, # RELION .star file (3.0, 3.1, 4 or 5)
     name = 'particles' if 'particles' in tables else max(tables, key=lambda k: len(tables[k]))
     return StarFile(tables[name].reset_index(drop=True), optics, str(p), name)
 
-# %% ../nbs/04_io.ipynb #34c1a845
+# %% ../nbs/04_io.ipynb #5a85df12
 def _as_star(star)->StarFile: return star if isinstance(star, StarFile) else read_star(star)
 
 def _override(n, value, name, src):
@@ -356,7 +357,7 @@ def _check_finite_rows(a, src, what):
     ok = np.isfinite(a.reshape(len(a), -1)).all(1)
     if not ok.all(): raise DrgnaiInputError(f'{src}: {what} of row {int(np.argmin(ok))} (0-based) are not finite')
 
-# %% ../nbs/04_io.ipynb #bb08cb8d
+# %% ../nbs/04_io.ipynb #c4cb04f1
 def read_cs(path:str|Path, # cryoSPARC .cs file
            )->np.ndarray: # (N,) structured array
     "Load a cryoSPARC `.cs` table (numpy structured array; no pickles allowed)."
@@ -428,7 +429,7 @@ def _check_indices(indices, n, src):
     if bad.any(): raise DrgnaiInputError(f'{src}: index {idx[bad][0]} is out of range for {n} particles (0-based)')
     return idx.astype(np.int64)
 
-# %% ../nbs/04_io.ipynb #be1e6ae7
+# %% ../nbs/04_io.ipynb #62891882
 def _resolve_stacks(raw, rows_first, dirs, src):
     "Resolve distinct raw stack paths against `dirs`; raise naming the first row that uses a missing one."
     out = []
@@ -552,7 +553,7 @@ def read_particles(path:str|Path, # .mrcs, .mrc, .txt, .star or .cs
         out[where] = MRCStack(stacks[s]).images(idx[sel[where]])
     return out
 
-# %% ../nbs/04_io.ipynb #098b780b
+# %% ../nbs/04_io.ipynb #eb13bf6a
 _SAFE_GLOBALS = {
     ('numpy', 'ndarray'), ('numpy', 'dtype'),
     ('numpy.core.multiarray', '_reconstruct'), ('numpy.core.multiarray', 'scalar'), ('numpy.core.numeric', '_frombuffer'),
@@ -564,6 +565,8 @@ _SAFE_GLOBALS = {
 class SafeUnpickler(pickle.Unpickler):
     "Unpickler that reconstructs only numpy arrays/dtypes/scalars and builtin containers and numbers."
     def find_class(self, module, name):
+        if (module, name) in _compat_pickle.NAME_MAPPING: module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # Python 2 names (`__builtin__`) in protocols < 3
         key = (module.replace('numpy._core', 'numpy.core', 1), name)
         if key not in _SAFE_GLOBALS:
             raise pickle.UnpicklingError(f'forbidden global {module}.{name}: only numpy arrays and plain containers are allowed')
@@ -591,7 +594,7 @@ def save_pkl(path:str|Path, # destination
         with open(tmp, 'wb') as fh: pickle.dump(obj, fh, protocol=4)
     return atomic_write(path, _write)
 
-# %% ../nbs/04_io.ipynb #f1499e65
+# %% ../nbs/04_io.ipynb #1cf3f146
 def _check_count(n, N, src, what):
     if N is not None and n != N: raise DrgnaiInputError(f'{src}: has {what} for {n} particles, but the dataset has {N} particles')
 
@@ -672,7 +675,7 @@ def save_ind(path:str|Path, ind)->Path:
     "Save 0-based particle indices as a 1-D int64 array."
     return save_pkl(path, _check_indices(np.asarray(ind), None, str(path)))
 
-# %% ../nbs/04_io.ipynb #a7c9f5d8
+# %% ../nbs/04_io.ipynb #28ad01b5
 def _image_names(locations, star_dir:Path, src):
     if len(locations) and isinstance(locations[0], str):
         names = [str(x) for x in locations]
@@ -714,8 +717,10 @@ def write_star(path:str|Path, # destination .star
     if D is not None: ctf[:, 0] = D
     if Apix is not None: ctf[:, 1] = Apix
     optics_cols = ctf[:, [0, 1, 5, 6, 7]]
-    groups, gid = np.unique(optics_cols, axis=0, return_inverse=True)
-    gid = gid.reshape(-1)
+    groups, first, gid = np.unique(optics_cols, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # number the groups in order of first appearance
+    rank = np.empty_like(order); rank[order] = np.arange(len(order))
+    groups, gid = groups[order], rank[gid.reshape(-1)]
     ids = np.arange(len(groups)) + int(optics_group)
     optics = pd.DataFrame({'rlnOpticsGroupName': [f'opticsGroup{g}' for g in ids], 'rlnOpticsGroup': ids,
                            'rlnImagePixelSize': groups[:, 1], 'rlnImageSize': groups[:, 0].round().astype(np.int64),

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['BlobMolecule', 'builtin_molecule', 'blob_volume', 'blob_slices', 'SimConfig', 'SimResult', 'simulate']
 
-# %% ../nbs/07_simulate.ipynb #2ed55620
+# %% ../nbs/07_simulate.ipynb #91a05b5f
 import math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from .so3 import random_rotations, expmap
 from .ctf import ctf_from_params
 from .forward import project
 
-# %% ../nbs/07_simulate.ipynb #1312aaec
+# %% ../nbs/07_simulate.ipynb #da4a1491
 @dataclass
 class BlobMolecule:
     "A molecule made of isotropic Gaussian blobs; coordinates are fractions of the box (pixels = value × D)."
@@ -40,34 +40,63 @@ class BlobMolecule:
         moved = torch.einsum('bij,nj->bni', Rh, rel) + self.hinge
         return torch.where(self.moving[None, :, None], moved, self.centres[None].expand_as(moved))
 
-def builtin_molecule(seed:int=0)->BlobMolecule:
-    "The built-in chiral test molecule: a right-handed helix core, a knob, and a hinged arm."
-    g = torch.Generator().manual_seed(seed)
-    t = torch.linspace(0, 2.5 * 2 * math.pi, 22, dtype=torch.float64)
-    helix = torch.stack([0.09 * torch.cos(t), 0.09 * torch.sin(t), -0.2 + 0.38 * t / t[-1]], -1) + torch.tensor([-0.05, 0.0, 0.0], dtype=torch.float64)
-    core = torch.randn(14, 3, generator=g, dtype=torch.float64) * 0.05 + torch.tensor([-0.05, 0.0, -0.02], dtype=torch.float64)
-    knob = torch.tensor([[0.10, -0.12, 0.16], [0.13, -0.15, 0.19]], dtype=torch.float64)
-    s = torch.linspace(0, 1, 12, dtype=torch.float64)[:, None]
-    arm = torch.tensor([0.05, 0.04, -0.08], dtype=torch.float64) + s * torch.tensor([0.25, 0.10, -0.05], dtype=torch.float64)
-    arm[-3:] += torch.tensor([0.0, 0.05, 0.04], dtype=torch.float64)  # a hook at the end: the arm itself is chiral
-    centres = torch.cat([helix, core, knob, arm])
-    sig = torch.cat([torch.full((22,), 0.032), torch.full((14,), 0.04), torch.full((2,), 0.035), torch.full((12,), 0.032)]).double()
-    amps = torch.cat([torch.full((22,), 1.0), torch.full((14,), 0.6), torch.full((2,), 1.2), torch.full((12,), 1.0)]).double()
-    moving = torch.zeros(len(centres), dtype=torch.bool); moving[-12:] = True
-    return BlobMolecule(centres, sig, amps, moving, hinge=torch.tensor([0.05, 0.04, -0.08], dtype=torch.float64),
-                        axis=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    def subset(self, keep:Tensor)->'BlobMolecule':
+        "The molecule restricted to the blobs where `keep` (J,) is True."
+        return BlobMolecule(self.centres[keep], self.sigmas[keep], self.amps[keep], self.moving[keep],
+                            self.hinge, self.axis, self.max_angle)
 
-# %% ../nbs/07_simulate.ipynb #ae187681
+def _resample(curve:Tensor, step:float)->Tensor:
+    "Points at (about) equal arc-length spacing `step` along a densely sampled curve (M, 3)."
+    seg = (curve[1:] - curve[:-1]).norm(dim=-1)
+    arc = torch.cat([torch.zeros(1, dtype=curve.dtype), seg.cumsum(0)])
+    n = max(2, int(arc[-1] / step) + 1)
+    idx = torch.searchsorted(arc, torch.linspace(0, float(arc[-1]), n, dtype=curve.dtype)).clamp(max=len(curve) - 1)
+    return curve[idx]
+
+def builtin_molecule(D:int=64, # box size the molecule will be rendered at, pixels
+                     sigma_px:float=1.1, # width of each "atom", pixels: sets the finest detail
+                     seed:int=0, # fixes the random-coil parts
+                    )->BlobMolecule:
+    "The built-in chiral test molecule: chains of small Gaussian atoms forming right-handed helices, a coil and a hinged arm."
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64)
+    step = 1.4 * sigma_px / D  # atom spacing along a chain, fraction of the box
+    t = torch.linspace(0, 1, 2000, **f64)[:, None]
+    def helix(r, turns, h, c, z0=0.0):  # right-handed helix about z, radius r, height h, centre c
+        a = 2 * math.pi * turns * t
+        return torch.cat([r * torch.cos(a), r * torch.sin(a), z0 + h * (t - 0.5)], -1) + torch.tensor(c, **f64)
+    def coil(c, r):  # a smooth random coil inside a ball of radius r around c
+        w = torch.randn(3, 4, generator=g, **f64) * 2 + 3
+        ph = torch.rand(3, 4, generator=g, **f64) * 2 * math.pi
+        x = torch.stack([(torch.sin(2 * math.pi * w[i] * t + ph[i])).mean(-1) for i in range(3)], -1)
+        return torch.tensor(c, **f64) + r * x / x.norm(dim=-1).max()
+    static = [helix(0.10, 2.5, 0.40, (-0.06, 0.00, 0.0)),   # the main right-handed superhelix
+              helix(0.035, 5.0, 0.30, (-0.06, 0.00, 0.0)),  # an inner, tighter helix
+              coil((-0.02, -0.10, -0.08), 0.08),            # a globular coil beside the helices
+              helix(0.03, 2.0, 0.10, (0.10, -0.13, 0.17))]  # a knob
+    arm = torch.cat([torch.tensor([0.02, 0.05, -0.10], **f64) + t * torch.tensor([0.24, 0.12, -0.04], **f64),
+                     helix(0.035, 2.0, 0.12, (0.29, 0.20, -0.14))])  # a hinged arm ending in a small helix
+    parts = [_resample(c, step) for c in static]
+    moving_pts = torch.cat([_resample(arm[:2000], step), _resample(arm[2000:], step)])
+    centres = torch.cat(parts + [moving_pts])
+    J, Jm = len(centres), len(moving_pts)
+    moving = torch.zeros(J, dtype=torch.bool); moving[-Jm:] = True
+    return BlobMolecule(centres, torch.full((J,), sigma_px / D, **f64), torch.ones(J, **f64), moving,
+                        hinge=torch.tensor([0.02, 0.05, -0.10], **f64), axis=torch.tensor([0.0, 0.0, 1.0], **f64))
+
+# %% ../nbs/07_simulate.ipynb #ee8d8fea
 def blob_volume(mol:BlobMolecule, # the molecule
                 D:int, # box size, pixels
                 u:float=0.0, # conformation in [0, 1]
+                part:str='all', # 'all', 'static' (without the hinged domain) or 'moving' (only it)
                )->Tensor: # (D, D, D) float32 density `[z, y, x]`
     "Real-space density of the molecule at conformation `u`, sampled on the voxel grid."
+    if part != 'all': mol = mol.subset(~mol.moving if part == 'static' else mol.moving)
     c = mol.centres_at(torch.tensor([u]))[0] * D  # (J, 3) pixels
     s = mol.sigmas * D
     ax = torch.arange(D, dtype=torch.float64) - D // 2
     out = torch.zeros(D, D, D, dtype=torch.float64)
-    for j in range(len(c)):  # a loop over ~50 blobs, each a separable product of three 1-D Gaussians
+    for j in range(len(c)):  # one separable product of three 1-D Gaussians per atom (a few hundred)
         gx, gy, gz = [torch.exp(-(ax - c[j, i]) ** 2 / (2 * s[j] ** 2)) for i in range(3)]
         out += mol.amps[j] * gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
     return out.float()
@@ -85,7 +114,7 @@ def blob_slices(centres:Tensor, # (B, J, 3) per-image blob centres, pixels
     g = amps * (2 * math.pi * sigmas ** 2) ** 1.5 * torch.exp(-2 * math.pi ** 2 * sigmas ** 2 * k2[:, None])  # (N, J)
     return ((torch.cos(phase) + torch.sin(phase)) * g.to(R.dtype)).sum(-1)
 
-# %% ../nbs/07_simulate.ipynb #8647c1aa
+# %% ../nbs/07_simulate.ipynb #176116c2
 @dataclass
 class SimConfig:
     "Everything the simulator needs; validated on creation."
@@ -134,7 +163,7 @@ class SimResult:
     volumes: list # ground-truth volumes (D, D, D): one per state (homogeneous/discrete), or at u = 0, 0.5, 1
     config: SimConfig
 
-# %% ../nbs/07_simulate.ipynb #06a0cc57
+# %% ../nbs/07_simulate.ipynb #63556bf9
 def _draw_ctf(cfg:SimConfig, g:torch.Generator)->Tensor:
     N = cfg.n_images
     dfu = (cfg.defocus[0] + (cfg.defocus[1] - cfg.defocus[0]) * torch.rand(N, generator=g, dtype=torch.float64)) * 1e4
@@ -177,28 +206,34 @@ def simulate(cfg:SimConfig, # the simulation settings
     else:
         u = torch.zeros(N, dtype=torch.float64); labels = torch.zeros(N, dtype=torch.long)
     noise_junk = junk & (torch.rand(N, generator=g) < 0.5)
-    mol, user_vht = None, None
-    if cfg.volume is None: mol = builtin_molecule()
+    from drgnai_nb.forward import volume_to_ht, slice_volume
+    pad = 4 if D <= 128 else 2  # Fourier oversampling of voxel volumes (interpolation error ~0.5% at 4x)
+    mol, moving = None, None
+    if cfg.volume is None:
+        mol = builtin_molecule(D)
+        if cfg.heterogeneity == 'continuous':  # static part as a voxel volume, the moving arm exactly per particle
+            state_vht = [volume_to_ht(blob_volume(mol, D, 0.0, part='static').double(), pad)]
+            moving = mol.subset(mol.moving)
+        else:
+            us = [k / (cfg.n_states - 1) for k in range(cfg.n_states)] if cfg.heterogeneity == 'discrete' else [0.0]
+            state_vht = [volume_to_ht(blob_volume(mol, D, x).double(), pad) for x in us]
     else:
-        from drgnai_nb.forward import volume_to_ht
         from drgnai_nb.io import read_mrc
         vols = [torch.as_tensor(read_mrc(p)[0]).double() for p in cfg.volume]
         for p, v in zip(cfg.volume, vols):
             if v.shape != (D, D, D): raise ValueError(f'{p}: volume is {tuple(v.shape)}, expected ({D}, {D}, {D}) for D={D}')
         if cfg.heterogeneity == 'discrete' and len(vols) != cfg.n_states:
             raise ValueError(f'discrete simulation with user volumes needs n_states={cfg.n_states} volumes, got {len(vols)}')
-        user_vht = [volume_to_ht(v, pad=4) for v in vols]
+        state_vht = [volume_to_ht(v, pad) for v in vols]
     clean = torch.empty(N, D, D, dtype=torch.float32)
     for s in tqdm(range(0, N, cfg.batch_size), desc='simulate', disable=not progress):
         b = slice(s, min(N, s + cfg.batch_size)); B = b.stop - b.start
-        if mol is not None:
-            h = blob_slices(mol.centres_at(u[b]) * D, mol.sigmas * D, mol.amps, rot[b], lat.coords)
-        else:
-            from drgnai_nb.forward import slice_volume
-            h = torch.zeros(B, lat.D ** 2, dtype=torch.float64)
-            for k, vht in enumerate(user_vht):
-                sel = (labels[b] == k) if len(user_vht) > 1 else torch.ones(B, dtype=torch.bool)
-                if sel.any(): h[sel] = slice_volume(vht, rot[b][sel], lat.coords)
+        h = torch.zeros(B, lat.D ** 2, dtype=torch.float64)
+        for k, vht in enumerate(state_vht):
+            sel = (labels[b] == k) if len(state_vht) > 1 else torch.ones(B, dtype=torch.bool)
+            if sel.any(): h[sel] = slice_volume(vht, rot[b][sel], lat.coords.double())
+        if moving is not None:
+            h += blob_slices(moving.centres_at(u[b]) * D, moving.sigmas * D, moving.amps, rot[b], lat.coords)
         jb = junk[b]
         if jb.any(): h[jb] = _junk_slices(int(jb.sum()), D, lat.coords, g)
         h[noise_junk[b]] = 0.0
