@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['VolumeCache', 'HPSConfig', 'HPSResult', 'pose_search']
 
-# %% ../nbs/11_hps.ipynb #5c2eae8b
+# %% ../nbs/11_hps.ipynb #a7f49ff2
 import math
 from dataclasses import dataclass
 import torch
@@ -14,15 +14,15 @@ from torch import Tensor
 from .lattice import Lattice
 from .grids import grid_SO3, grid_pose, get_neighbors, grid_sizes, base_shift_grid
 
-# %% ../nbs/11_hps.ipynb #a6cba307
+# %% ../nbs/11_hps.ipynb #8ed913a0
 class VolumeCache:
-    "Band-limited samples of a volume function on a cube of lattice points, for fast trilinear slicing."
+    "Band-limited samples of one or more volumes on a cube of lattice points, for fast trilinear slicing."
     def __init__(self,
-                 fn, # callable: coords (P, 3) cycles/pixel -> (P,) Hartley values
+                 fn, # callable: coords (P, 3) cycles/pixel -> (G, P) Hartley values of G volumes (or (P,) for one)
                  D:int, # box size, pixels
                  radius:float, # band limit to cover, lattice pixels (frequencies |k| <= radius/D)
                  oversample:int=1, # samples per lattice pixel along each axis
-                 chunk:int=2**16, # points per call of `fn`
+                 chunk:int=2**15, # points per call of `fn`
                  device=None, dtype=torch.float32):
         L = int(math.ceil(radius)) + 1
         n = 2 * L * oversample + 1
@@ -31,11 +31,13 @@ class VolumeCache:
         z, y, x = torch.meshgrid(ax, ax, ax, indexing='ij')
         pts = torch.stack([x, y, z], -1).reshape(-1, 3)
         inside = pts.norm(dim=-1) <= (radius + 1.5) / D  # one voxel margin for interpolation
-        vals = torch.zeros(n ** 3, device=device, dtype=dtype)
         sel = pts[inside]
-        vals[inside] = torch.cat([fn(c).to(dtype) for c in sel.split(chunk)]) if len(sel) else vals[:0]
-        self.grid = vals.view(1, 1, n, n, n)
-        self.n_evals = int(inside.sum())
+        vals = torch.cat([torch.atleast_2d(fn(c)).to(dtype) for c in sel.split(chunk)], -1)  # (G, P)
+        grid = torch.zeros(vals.shape[0], n ** 3, device=device, dtype=dtype)
+        grid[:, inside] = vals
+        self.grid = grid.view(-1, 1, n, n, n)
+        self.n_vol = self.grid.shape[0]
+        self.n_evals = int(inside.sum()) * self.n_vol
 
     @classmethod
     def from_volume_ht(cls, vol_ht:Tensor, radius:float, oversample:int=1):
@@ -47,17 +49,19 @@ class VolumeCache:
         return cls(fn, D, radius, oversample, device=vol_ht.device)
 
     def slices(self,
-               R:Tensor, # (..., 3, 3) rotations
+               R:Tensor, # (G, P, 3, 3) rotations per cached volume (G = 1 or the number of volumes)
                coords:Tensor, # (N, 3) lattice points, cycles/pixel, within the cached band
-              )->Tensor: # (..., N)
-        "Central slices `V̂(k @ R)` by trilinear interpolation in the cache (one `grid_sample` call)."
-        shape = R.shape[:-2]
-        pts = coords.to(self.grid.dtype) @ R.reshape(-1, 3, 3).to(self.grid.dtype)  # (M, N, 3)
-        g = (pts / self.extent).view(1, 1, 1, -1, 3)
-        out = F.grid_sample(self.grid, g, mode='bilinear', padding_mode='zeros', align_corners=True)
-        return out.view(*shape, coords.shape[0])
+              )->Tensor: # (G, P, N)
+        "Central slices `V̂_g(k @ R)` by trilinear interpolation in the cache (one `grid_sample` call)."
+        G, P = R.shape[:2]
+        if G not in (1, self.n_vol): raise ValueError(f'rotations for {G} volumes, the cache holds {self.n_vol}')
+        pts = coords.to(self.grid.dtype) @ R.reshape(G, P, 1, 3, 3).to(self.grid.dtype)  # (G, P, N, 3)
+        g = (pts / self.extent).view(G, 1, 1, -1, 3)
+        grid = self.grid if G == self.n_vol else self.grid[:1]
+        out = F.grid_sample(grid, g, mode='bilinear', padding_mode='zeros', align_corners=True)
+        return out.view(G, P, coords.shape[0])
 
-# %% ../nbs/11_hps.ipynb #56a8f857
+# %% ../nbs/11_hps.ipynb #365c874c
 @dataclass
 class HPSConfig:
     "Hierarchical pose search settings (validated)."
@@ -92,7 +96,7 @@ class HPSConfig:
         "Spacing of the base shift grid, pixels."
         return 2 * self.t_extent / self.t_n_grid if self.t_extent > 0 else 0.0
 
-# %% ../nbs/11_hps.ipynb #0931ff0d
+# %% ../nbs/11_hps.ipynb #06a0ecd2
 @dataclass
 class HPSResult:
     "Best pose per image."
@@ -130,14 +134,15 @@ def pose_search(images:Tensor, # (B, D+1, D+1) normalised symmetrised Hartley im
     shifts = base_shift_grid(cfg.t_extent, cfg.t_n_grid).to(dev) if cfg.t_extent > 0 else torch.zeros(1, 2, device=dev)
     T = len(shifts)
     _, R0 = grid_SO3(cfg.base_order, device=dev)
-    S0 = cache.slices(R0.to(dev), coords)  # (M, N), shared by the batch
+    if cache.n_vol not in (1, B): raise ValueError(f'the cache holds {cache.n_vol} volumes; need 1 (shared) or one per image ({B})')
+    S0 = cache.slices(R0.to(dev)[None].expand(cache.n_vol, -1, 3, 3), coords)  # (1 or B, M, N)
     n_psi = grid_sizes(cfg.base_order)[1]
     K = min(cfg.n_kept, len(R0))
     per = max(1, cfg.max_chunk // (T * len(R0)))  # images scored at once
     kept_err, kept_idx, kept_t = [], [], []
     for s in range(0, B, per):
         Y = lat.translate_ht(y[s:s + per], shifts[None].expand(len(y[s:s + per]), T, 2), mask=m)  # (b, T, N)
-        err = _scores(Y, c[s:s + per], S0[None])  # (b, T, M)
+        err = _scores(Y, c[s:s + per], S0 if S0.shape[0] == 1 else S0[s:s + per])  # (b, T, M)
         best, tix = err.min(1)  # (b, M)
         e, r = best.topk(K, dim=1, largest=False)
         kept_err.append(e); kept_idx.append(r); kept_t.append(shifts[tix.gather(1, r)])
@@ -153,7 +158,8 @@ def pose_search(images:Tensor, # (B, D+1, D+1) normalised symmetrised Hartley im
         s2n, psin = get_neighbors(s2, psi, order)  # (B, K, 8) at order + 1
         order += 1
         _, Rn = grid_pose(s2n, psin, order)
-        S = cache.slices(Rn.to(dev), coords)  # (B, K, 8, N)
+        Rg = Rn.to(dev).reshape(1, -1, 3, 3) if cache.n_vol == 1 else Rn.to(dev).reshape(B, -1, 3, 3)
+        S = cache.slices(Rg, coords).reshape(B, K, 8, -1)  # (B, K, 8, N)
         step = step / 2
         tc = (t[:, :, None] + step * local) if step > 0 else t[:, :, None]  # (B, K, 9, 2)
         Tn = tc.shape[2]
