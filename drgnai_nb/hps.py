@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['VolumeCache', 'HPSConfig', 'HPSResult', 'pose_search']
 
-# %% ../nbs/11_hps.ipynb #a7f49ff2
+# %% ../nbs/11_hps.ipynb #95a38e05
 import math
 from dataclasses import dataclass
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor
 from .lattice import Lattice
 from .grids import grid_SO3, grid_pose, get_neighbors, grid_sizes, base_shift_grid
 
-# %% ../nbs/11_hps.ipynb #8ed913a0
+# %% ../nbs/11_hps.ipynb #82a034d8
 class VolumeCache:
     "Band-limited samples of one or more volumes on a cube of lattice points, for fast trilinear slicing."
     def __init__(self,
@@ -22,7 +22,7 @@ class VolumeCache:
                  D:int, # box size, pixels
                  radius:float, # band limit to cover, lattice pixels (frequencies |k| <= radius/D)
                  oversample:int=1, # samples per lattice pixel along each axis
-                 chunk:int=2**15, # points per call of `fn`
+                 chunk:int|None=2**15, # points per call of `fn` (None: one call with every point, in point-symmetric order)
                  device=None, dtype=torch.float32):
         L = int(math.ceil(radius)) + 1
         n = 2 * L * oversample + 1
@@ -32,12 +32,27 @@ class VolumeCache:
         pts = torch.stack([x, y, z], -1).reshape(-1, 3)
         inside = pts.norm(dim=-1) <= (radius + 1.5) / D  # one voxel margin for interpolation
         sel = pts[inside]
-        vals = torch.cat([torch.atleast_2d(fn(c)).to(dtype) for c in sel.split(chunk)], -1)  # (G, P)
+        parts = [sel] if chunk is None else sel.split(chunk)  # chunk=None: fn takes all (point-symmetric) points
+        vals = torch.cat([torch.atleast_2d(fn(c)).to(dtype) for c in parts], -1)  # (G, P)
         grid = torch.zeros(vals.shape[0], n ** 3, device=device, dtype=dtype)
         grid[:, inside] = vals
         self.grid = grid.view(-1, 1, n, n, n)
         self.n_vol = self.grid.shape[0]
         self.n_evals = int(inside.sum()) * self.n_vol
+
+    @classmethod
+    def from_model(cls,
+                   model, # `models.NeuralVolume` or `VoxelVolume`
+                   D:int, # box size, pixels
+                   radius:float, # band limit to cover, lattice pixels
+                   z:Tensor=None, # (G, z_dim) conformations: one cached volume each (None: homogeneous)
+                   oversample:int=1):
+        "Cache of a volume model (one volume per conformation), one decoder evaluation per pair ±k."
+        from drgnai_nb.models import render_slices
+        dev = next(iter(list(model.parameters()) + list(model.buffers()))).device
+        eye = torch.eye(3, device=dev)[None]
+        with torch.no_grad():
+            return cls(lambda c: render_slices(model, c, eye, z), D, radius, oversample, chunk=None, device=dev)
 
     @classmethod
     def from_volume_ht(cls, vol_ht:Tensor, radius:float, oversample:int=1):
@@ -61,7 +76,7 @@ class VolumeCache:
         out = F.grid_sample(grid, g, mode='bilinear', padding_mode='zeros', align_corners=True)
         return out.view(G, P, coords.shape[0])
 
-# %% ../nbs/11_hps.ipynb #365c874c
+# %% ../nbs/11_hps.ipynb #d628a8f6
 @dataclass
 class HPSConfig:
     "Hierarchical pose search settings (validated)."
@@ -96,7 +111,7 @@ class HPSConfig:
         "Spacing of the base shift grid, pixels."
         return 2 * self.t_extent / self.t_n_grid if self.t_extent > 0 else 0.0
 
-# %% ../nbs/11_hps.ipynb #06a0ecd2
+# %% ../nbs/11_hps.ipynb #efc9f56c
 @dataclass
 class HPSResult:
     "Best pose per image."

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['VolumeConfig', 'FourierFeatures', 'GaussianFourierFeatures', 'GeomFourierFeatures', 'ResidMLP', 'NeuralVolume',
-           'VoxelVolume', 'make_volume', 'flops_per_point', 'flops_per_image', 'eval_volume', 'volume_apix',
-           'write_volume']
+           'VoxelVolume', 'make_volume', 'flops_per_point', 'flops_per_image', 'render_slices', 'eval_volume',
+           'volume_apix', 'write_volume']
 
-# %% ../nbs/10_models.ipynb #d350ee35
+# %% ../nbs/10_models.ipynb #853c23cd
 import math
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from torch import Tensor
 from .fft import ihtn_center, crop_ht
 from .io import DrgnaiInputError, write_mrc
 
-# %% ../nbs/10_models.ipynb #06d21b6f
+# %% ../nbs/10_models.ipynb #b94190b4
 _KINDS, _PE_TYPES, _DOMAINS = ('neural', 'voxel'), ('gaussian', 'geom'), ('hartley',)
 
 @dataclass
@@ -34,6 +34,7 @@ class VolumeConfig:
     feat_sigma: float = 0.5 # std of the random frequencies, in DRGN-AI's units (see `GaussianFourierFeatures`)
     domain: str = 'hartley' # output domain; only Hartley is supported (as in DRGN-AI)
     include_coords: bool = False # also feed the raw coordinates k to the decoder (DRGN-AI does not)
+    symmetric: bool = True # neural kind: two outputs (a, b) on the half-space, H(k) = a - b, H(-k) = a + b (see below)
     mask_radius: float|None = 0.5 # outputs at |k| > mask_radius (cycles/pixel) are 0; None = no mask
     voxel_scale: float = 100.0 # voxel kind: output = voxel_scale × parameter (DRGN-AI's step-size trick)
     seed: int = 0 # fixes the random frequencies and the initial weights
@@ -63,7 +64,7 @@ class VolumeConfig:
 
     def to_dict(self)->dict: return asdict(self)
 
-# %% ../nbs/10_models.ipynb #858dc46b
+# %% ../nbs/10_models.ipynb #3be719e8
 class FourierFeatures(nn.Module):
     "`[sin 2πBk, cos 2πBk]` (+ `k`) for a fixed frequency matrix `B` (F, 3) in pixels (a buffer, saved, never trained)."
     def __init__(self,
@@ -106,7 +107,7 @@ class GeomFourierFeatures(FourierFeatures):
         B = (torch.eye(3, dtype=torch.float64)[:, None, :] * w[None, :, None]).reshape(-1, 3) / (2 * math.pi)
         super().__init__(B, include_coords)
 
-# %% ../nbs/10_models.ipynb #9c4d0946
+# %% ../nbs/10_models.ipynb #3cd3c432
 class ResidMLP(nn.Module):
     "`Linear(in, dim)` → ReLU → `layers` × (`x + Linear(dim, dim)(x)` → ReLU) → `Linear(dim, out)`."
     def __init__(self,
@@ -133,7 +134,13 @@ class ResidMLP(nn.Module):
         "Multiply-adds × 2 per input row (biases, residual adds and ReLUs not counted)."
         return 2 * sum(l.in_features * l.out_features for l in [self.first, *self.hidden, self.out])
 
-# %% ../nbs/10_models.ipynb #9b782913
+# %% ../nbs/10_models.ipynb #1f77fd92
+def _half_sign(k:Tensor)->Tensor:
+    "+1 on the half-space {kz > 0} ∪ {kz = 0, ky > 0} ∪ {kz = ky = 0, kx >= 0}, −1 on its mirror image."
+    x, y, z = k[..., 0], k[..., 1], k[..., 2]
+    pos = (z > 0) | ((z == 0) & ((y > 0) | ((y == 0) & (x >= 0))))
+    return torch.where(pos, 1.0, -1.0).to(k.dtype)
+
 def _radius_mask(k:Tensor, radius:float|None)->Tensor|None:
     "(...,) float 0/1 mask of |k| <= radius (cycles/pixel, small tolerance for lattice round-off), or None."
     if radius is None: return None
@@ -149,18 +156,14 @@ class NeuralVolume(nn.Module):
             torch.manual_seed(cfg.seed)
             self.enc = (GaussianFourierFeatures(cfg.D, cfg.pe_dim, cfg.feat_sigma, cfg.seed, cfg.include_coords)
                         if cfg.pe_type == 'gaussian' else GeomFourierFeatures(cfg.D, cfg.pe_dim, cfg.include_coords))
-            self.mlp = ResidMLP(self.enc.out_dim + cfg.z_dim, cfg.layers, cfg.hidden_dim, 1)
+            self.mlp = ResidMLP(self.enc.out_dim + cfg.z_dim, cfg.layers, cfg.hidden_dim, 2 if cfg.symmetric else 1)
 
     @property
     def z_dim(self)->int: return self.cfg.z_dim
 
-    def forward(self,
-                coords:Tensor, # (..., N, 3) frequencies, cycles/pixel (x, y, z)
-                z:Tensor|None=None, # (B, z_dim) conformations, or None when z_dim = 0
-               )->Tensor: # (..., N) Hartley values; (B, N) for shared (N, 3) coords with B conformations
-        "Hartley values of the volume at `coords` (for conformations `z`), 0 beyond the mask radius."
+    def _net(self, k:Tensor, z:Tensor|None)->Tensor:
+        "Decoder outputs (..., N, n_out) at coordinates k (..., N, 3)."
         W, b = self.mlp.first.weight, self.mlp.first.bias
-        k = coords.to(W.dtype)
         e = self.enc(k)
         h = F.linear(e, W[:, :e.shape[-1]])  # one (points × features) @ (features × dim) matmul
         if self.z_dim == 0:
@@ -172,16 +175,45 @@ class NeuralVolume(nn.Module):
             zt = F.linear(z, W[:, e.shape[-1]:], b)  # (B, dim): once per image
             if h.dim() == 2: h = h[None]  # shared coordinates: broadcast over the conformations
             h = h + zt.view(zt.shape[0], *[1] * (h.dim() - 2), zt.shape[1])
-        out = self.mlp.tail(h)[..., 0]
+        return self.mlp.tail(h)
+
+    def forward(self,
+                coords:Tensor, # (..., N, 3) frequencies, cycles/pixel (x, y, z)
+                z:Tensor|None=None, # (B, z_dim) conformations, or None when z_dim = 0
+               )->Tensor: # (..., N) Hartley values; (B, N) for shared (N, 3) coords with B conformations
+        "Hartley values of the volume at `coords` (for conformations `z`), 0 beyond the mask radius."
+        k = coords.to(self.mlp.first.weight.dtype)
+        if self.cfg.symmetric:
+            s = _half_sign(k)
+            o = self._net(k * s[..., None], z)
+            out = o[..., 0] - s * o[..., 1]
+        else: out = self._net(k, z)[..., 0]
         m = _radius_mask(k, self.cfg.mask_radius)
         return out if m is None else out * m
+
+    def forward_pairs(self,
+                      coords:Tensor, # (..., P, 3) frequencies k, cycles/pixel
+                      z:Tensor|None=None, # (B, z_dim) conformations, or None
+                     )->tuple: # (H(k), H(-k)), each (..., P)
+        "Hartley values at `k` and at `-k` from one decoder evaluation per pair (symmetric models)."
+        k = coords.to(self.mlp.first.weight.dtype)
+        if not self.cfg.symmetric:
+            both = self._net(torch.stack([k, -k]), z)[..., 0] if z is None else None
+            if both is None: return self.forward(coords, z), self.forward(-coords, z)
+            m = _radius_mask(k, self.cfg.mask_radius)
+            return (both[0], both[1]) if m is None else (both[0] * m, both[1] * m)
+        s = _half_sign(k)
+        o = self._net(k * s[..., None], z)
+        m = _radius_mask(k, self.cfg.mask_radius)
+        hk, hm = o[..., 0] - s * o[..., 1], o[..., 0] + s * o[..., 1]
+        return (hk, hm) if m is None else (hk * m, hm * m)
 
     def flops_per_point(self)->int:
         "Multiply-adds × 2 per query point: the encoding projection and every MLP layer (the z term is per image)."
         return self.enc.flops() + 2 * self.enc.out_dim * self.cfg.hidden_dim + sum(
             2 * l.in_features * l.out_features for l in [*self.mlp.hidden, self.mlp.out])
 
-# %% ../nbs/10_models.ipynb #0a4d1cf4
+# %% ../nbs/10_models.ipynb #63c989c9
 class VoxelVolume(nn.Module):
     "An explicit, learnable symmetrised Hartley grid `(D+1)³` `[z, y, x]` with the `NeuralVolume` interface (homogeneous)."
     def __init__(self, cfg:VolumeConfig):
@@ -225,7 +257,7 @@ class VoxelVolume(nn.Module):
         "Trilinear interpolation: 8 weighted corner reads ≈ 2·8 multiply-adds (an order-of-magnitude figure)."
         return 16
 
-# %% ../nbs/10_models.ipynb #2e500767
+# %% ../nbs/10_models.ipynb #779a98f0
 def make_volume(cfg:VolumeConfig)->nn.Module:
     "The model a config describes: `NeuralVolume` or `VoxelVolume`."
     return NeuralVolume(cfg) if cfg.kind == 'neural' else VoxelVolume(cfg)
@@ -237,11 +269,38 @@ def flops_per_point(model:nn.Module)->int:
 def flops_per_image(model:nn.Module, # a volume model
                     n_points:int, # points queried per image (e.g. the lattice points inside the mask)
                    )->int:
-    "Multiply-adds × 2 to evaluate one image's `n_points` (plus its z term `2·z_dim·hidden_dim`)."
-    zt = 2 * model.z_dim * model.cfg.hidden_dim if model.cfg.kind == 'neural' else 0
-    return n_points * model.flops_per_point() + zt
+    "Multiply-adds × 2 to evaluate one image's `n_points` (plus its z term `2·z_dim·hidden_dim`); a symmetric decoder evaluates each pair ±k of a point-symmetric slice once."
+    neural = model.cfg.kind == 'neural'
+    zt = 2 * model.z_dim * model.cfg.hidden_dim if neural else 0
+    evals = (n_points + 1) // 2 if neural and model.cfg.symmetric else n_points
+    return evals * model.flops_per_point() + zt
 
-# %% ../nbs/10_models.ipynb #3f167628
+# %% ../nbs/10_models.ipynb #067038e9
+def render_slices(model:nn.Module, # NeuralVolume or VoxelVolume
+                  coords:Tensor, # (N, 3) point-symmetric lattice points (coords[N-1-i] = -coords[i]), cycles/pixel
+                  R:Tensor, # (B, 3, 3) rotations (or (1, 3, 3) shared)
+                  z:Tensor|None=None, # (B, z_dim) conformations, or None
+                  max_elems:int=2**24, # bound on batch × points × width held at once
+                 )->Tensor: # (B, N) Hartley values V(k @ R_b, z_b)
+    "Central slices of a batch, one decoder evaluation per pair ±k for symmetric neural volumes."
+    N = coords.shape[0]
+    sym = model.cfg.kind == 'neural' and model.cfg.symmetric
+    pts = coords[: (N + 1) // 2 if sym else N].to(R.dtype) @ R  # (B, h, 3)
+    B = max(pts.shape[0], 1 if z is None else z.shape[0])
+    width = getattr(model.cfg, 'hidden_dim', 1) if model.cfg.kind == 'neural' else 1
+    step = max(64, max_elems // (B * width))
+    outs_k, outs_m = [], []
+    for a in range(0, pts.shape[1], step):
+        c = pts[:, a:a + step]
+        if sym:
+            hk, hm = model.forward_pairs(c, z); outs_k.append(hk); outs_m.append(hm)
+        else: outs_k.append(model(c, z))
+    hk = torch.cat(outs_k, -1)
+    if not sym: return hk
+    hm = torch.cat(outs_m, -1)
+    return torch.cat([hk, hm[..., :N - hk.shape[-1]].flip(-1)], -1)
+
+# %% ../nbs/10_models.ipynb #b97286da
 def _lattice_3d(M:int, extent:float, device=None)->Tensor:
     "(M³, 3) points (x, y, z) of an M×M×M lattice spanning [-extent, extent], flattened in [z, y, x] order."
     ax = torch.linspace(-extent, extent, M, device=device)

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['TrainConfig', 'parse_set', 'PoseTable', 'TrainingDiverged', 'latest_epoch', 'Trainer', 'train']
 
-# %% ../nbs/12_train.ipynb #25adea11
+# %% ../nbs/12_train.ipynb #933f43c1
 import math, os, re, time, json, shutil
 from dataclasses import dataclass, asdict, fields, field
 from pathlib import Path
@@ -18,10 +18,10 @@ from .data import ImageSource, ParticleDataset
 from .lattice import Lattice
 from .ctf import ctf_from_params
 from .so3 import s2s2_to_R, R_to_s2s2, random_rotations
-from .models import VolumeConfig, make_volume, eval_volume
+from .models import VolumeConfig, make_volume, eval_volume, render_slices
 from .hps import HPSConfig, VolumeCache, pose_search
 
-# %% ../nbs/12_train.ipynb #d1cd98f3
+# %% ../nbs/12_train.ipynb #fe73195b
 @dataclass
 class TrainConfig:
     "Every setting of a training run (DRGN-AI's defaults); validated on creation."
@@ -137,7 +137,7 @@ def parse_set(cfg:dict, # config fields so far
         except ValueError: raise DrgnaiInputError(f'--set {k}={v}: expected a value of type {getattr(t, "__name__", t)}')
     return out
 
-# %% ../nbs/12_train.ipynb #7d8527c6
+# %% ../nbs/12_train.ipynb #d1d1fc4b
 class PoseTable(nn.Module):
     "Per-particle rotations (6-D) and shifts (pixels), trainable."
     def __init__(self, N:int, rot:Tensor=None, trans_px:Tensor=None):
@@ -161,7 +161,7 @@ class PoseTable(nn.Module):
     def all(self)->tuple: # (rot (N, 3, 3), trans (N, 2) pixels)
         return s2s2_to_R(self.s2s2.weight), self.trans.weight.clone()
 
-# %% ../nbs/12_train.ipynb #70fde3cc
+# %% ../nbs/12_train.ipynb #3557e94a
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
 
@@ -259,7 +259,7 @@ class Trainer:
         m = self.lat.get_circular_mask(radius)
         B = len(idx)
         yt = self.lat.translate_ht(y.reshape(B, -1)[:, m], t, mask=m)
-        pred = self.model(self.lat.coords[m] @ R, z)
+        pred = render_slices(self.model, self.lat.coords[m], R, z)
         return ((yt - self._ctf(idx, m) * pred) ** 2).mean()
 
     def _z(self, idx:Tensor)->Tensor|None:
@@ -302,10 +302,7 @@ class Trainer:
         cfg, hcfg = self.cfg, self.cfg.hps
         self.model.eval()
         with torch.no_grad():
-            z = self._z(idx)
-            if z is None: fn = lambda c: self.model(c)
-            else: fn = lambda c: self.model(c, z)
-            cache = VolumeCache(fn, self.D, hcfg.band_limits(self.D)[-1], device=self.device)
+            cache = VolumeCache.from_model(self.model, self.D, hcfg.band_limits(self.D)[-1], self._z(idx))
             ctf_full = self._ctf(idx, torch.ones(self.lat.D ** 2, dtype=torch.bool, device=self.device))
             res = pose_search(y, ctf_full, cache, hcfg, self.lat)
         self.model.train()

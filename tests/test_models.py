@@ -40,8 +40,9 @@ def test_defaults_are_drgnai():
         ('neural', 3, 256, 'gaussian', 64, 0.5, 'hartley')
     c = VolumeConfig.cpu(64)
     assert (c.layers, c.hidden_dim, c.pe_dim) == (3, 128, 32)
-    m = NeuralVolume(VolumeConfig(64, z_dim=4))
+    m = NeuralVolume(VolumeConfig(64, z_dim=4, symmetric=False))  # DRGN-AI's single-output Hartley decoder
     assert m.mlp.first.in_features == 6 * 64 + 4 and len(m.mlp.hidden) == 3 and m.mlp.out.out_features == 1
+    assert NeuralVolume(VolumeConfig(64, z_dim=4)).mlp.out.out_features == 2  # our default: (a, b) per pair ±k
 
 
 @pytest.mark.parametrize('kw, field', [(dict(D=31), 'D'), (dict(D=32, kind='mesh'), 'kind'), (dict(D=32, z_dim=-1), 'z_dim'),
@@ -65,7 +66,7 @@ def test_shapes_homogeneous():
 
 
 def test_shapes_heterogeneous_and_z_pairing():
-    m = NeuralVolume(VolumeConfig.cpu(32, z_dim=3))
+    m = NeuralVolume(VolumeConfig.cpu(32, z_dim=3, symmetric=False))
     z = torch.randn(4, 3)
     k = torch.rand(4, 50, 3) - 0.5
     out = m(k, z)
@@ -239,7 +240,7 @@ def test_voxel_fit_reduces_loss(vol32):
 
 
 def test_flops_manual_count():
-    cfg = VolumeConfig(32, layers=2, hidden_dim=20, pe_dim=5, z_dim=3)
+    cfg = VolumeConfig(32, layers=2, hidden_dim=20, pe_dim=5, z_dim=3, symmetric=False)
     m = NeuralVolume(cfg)
     F_ = 3 * 5  # frequency vectors
     manual = 2 * 3 * F_ + 2 * (2 * F_) * 20 + 2 * 2 * 20 * 20 + 2 * 20 * 1
@@ -249,8 +250,11 @@ def test_flops_manual_count():
     with FlopCounterMode(display=False) as fc:
         m(torch.rand(4, 100, 3) - 0.5, torch.randn(4, 3))
     assert fc.get_total_flops() == 4 * flops_per_image(m, 100)
-    mh = NeuralVolume(VolumeConfig(32))  # DRGN-AI default: 384 -> 256, 3 x 256², 256 -> 1, encoding 192 x 3
+    mh = NeuralVolume(VolumeConfig(32, symmetric=False))  # DRGN-AI default: 384 -> 256, 3 x 256², 256 -> 1, encoding 192 x 3
     assert flops_per_point(mh) == 2 * (192 * 3 + 384 * 256 + 3 * 256 * 256 + 256)
+    ms = NeuralVolume(VolumeConfig(32))  # symmetric: two outputs, one evaluation per pair of points ±k
+    assert flops_per_point(ms) == 2 * (192 * 3 + 384 * 256 + 3 * 256 * 256 + 2 * 256)
+    assert flops_per_image(ms, 101) == 51 * flops_per_point(ms)
     assert flops_per_point(make_volume(VolumeConfig(32, kind='voxel'))) == 16
 
 
