@@ -7,7 +7,7 @@ __all__ = ['VolumeConfig', 'FourierFeatures', 'GaussianFourierFeatures', 'GeomFo
            'VoxelVolume', 'make_volume', 'flops_per_point', 'flops_per_image', 'render_slices', 'eval_volume',
            'volume_apix', 'write_volume']
 
-# %% ../nbs/10_models.ipynb #853c23cd
+# %% ../nbs/10_models.ipynb #46f8e578
 import math
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from torch import Tensor
 from .fft import ihtn_center, crop_ht
 from .io import DrgnaiInputError, write_mrc
 
-# %% ../nbs/10_models.ipynb #b94190b4
+# %% ../nbs/10_models.ipynb #fd07b00a
 _KINDS, _PE_TYPES, _DOMAINS = ('neural', 'voxel'), ('gaussian', 'geom'), ('hartley',)
 
 @dataclass
@@ -64,7 +64,7 @@ class VolumeConfig:
 
     def to_dict(self)->dict: return asdict(self)
 
-# %% ../nbs/10_models.ipynb #3be719e8
+# %% ../nbs/10_models.ipynb #78fba639
 class FourierFeatures(nn.Module):
     "`[sin 2πBk, cos 2πBk]` (+ `k`) for a fixed frequency matrix `B` (F, 3) in pixels (a buffer, saved, never trained)."
     def __init__(self,
@@ -107,7 +107,7 @@ class GeomFourierFeatures(FourierFeatures):
         B = (torch.eye(3, dtype=torch.float64)[:, None, :] * w[None, :, None]).reshape(-1, 3) / (2 * math.pi)
         super().__init__(B, include_coords)
 
-# %% ../nbs/10_models.ipynb #3cd3c432
+# %% ../nbs/10_models.ipynb #2680e125
 class ResidMLP(nn.Module):
     "`Linear(in, dim)` → ReLU → `layers` × (`x + Linear(dim, dim)(x)` → ReLU) → `Linear(dim, out)`."
     def __init__(self,
@@ -134,7 +134,7 @@ class ResidMLP(nn.Module):
         "Multiply-adds × 2 per input row (biases, residual adds and ReLUs not counted)."
         return 2 * sum(l.in_features * l.out_features for l in [self.first, *self.hidden, self.out])
 
-# %% ../nbs/10_models.ipynb #1f77fd92
+# %% ../nbs/10_models.ipynb #0a262fd5
 def _half_sign(k:Tensor)->Tensor:
     "+1 on the half-space {kz > 0} ∪ {kz = 0, ky > 0} ∪ {kz = ky = 0, kx >= 0}, −1 on its mirror image."
     x, y, z = k[..., 0], k[..., 1], k[..., 2]
@@ -213,7 +213,7 @@ class NeuralVolume(nn.Module):
         return self.enc.flops() + 2 * self.enc.out_dim * self.cfg.hidden_dim + sum(
             2 * l.in_features * l.out_features for l in [*self.mlp.hidden, self.mlp.out])
 
-# %% ../nbs/10_models.ipynb #63c989c9
+# %% ../nbs/10_models.ipynb #e9fb3aa0
 class VoxelVolume(nn.Module):
     "An explicit, learnable symmetrised Hartley grid `(D+1)³` `[z, y, x]` with the `NeuralVolume` interface (homogeneous)."
     def __init__(self, cfg:VolumeConfig):
@@ -257,7 +257,7 @@ class VoxelVolume(nn.Module):
         "Trilinear interpolation: 8 weighted corner reads ≈ 2·8 multiply-adds (an order-of-magnitude figure)."
         return 16
 
-# %% ../nbs/10_models.ipynb #779a98f0
+# %% ../nbs/10_models.ipynb #88d3bf64
 def make_volume(cfg:VolumeConfig)->nn.Module:
     "The model a config describes: `NeuralVolume` or `VoxelVolume`."
     return NeuralVolume(cfg) if cfg.kind == 'neural' else VoxelVolume(cfg)
@@ -275,7 +275,7 @@ def flops_per_image(model:nn.Module, # a volume model
     evals = (n_points + 1) // 2 if neural and model.cfg.symmetric else n_points
     return evals * model.flops_per_point() + zt
 
-# %% ../nbs/10_models.ipynb #067038e9
+# %% ../nbs/10_models.ipynb #e6d5d6fd
 def render_slices(model:nn.Module, # NeuralVolume or VoxelVolume
                   coords:Tensor, # (N, 3) point-symmetric lattice points (coords[N-1-i] = -coords[i]), cycles/pixel
                   R:Tensor, # (B, 3, 3) rotations (or (1, 3, 3) shared)
@@ -300,7 +300,7 @@ def render_slices(model:nn.Module, # NeuralVolume or VoxelVolume
     hm = torch.cat(outs_m, -1)
     return torch.cat([hk, hm[..., :N - hk.shape[-1]].flip(-1)], -1)
 
-# %% ../nbs/10_models.ipynb #b97286da
+# %% ../nbs/10_models.ipynb #a71cd831
 def _lattice_3d(M:int, extent:float, device=None)->Tensor:
     "(M³, 3) points (x, y, z) of an M×M×M lattice spanning [-extent, extent], flattened in [z, y, x] order."
     ax = torch.linspace(-extent, extent, M, device=device)
@@ -316,6 +316,7 @@ def eval_volume(model:nn.Module, # NeuralVolume or VoxelVolume
                 norm:tuple=(0.0, 1.0), # (mean, std) of the data normalisation: HT values are mapped to HT·std + mean
                 radius:float|None=None, # zero frequencies beyond this radius, cycles/pixel of the model (default: the model's mask)
                 batch_points:int=2**16, # lattice points per model call (bounds memory)
+                transform:Tensor|None=None, # (3, 3) orthogonal M: evaluate the map of V̂(k @ M) (a rotated/reflected copy)
                )->Tensor: # (D, D, D) float32 real volume `vol[z, y, x]` (on the model's device)
     "Evaluate the model on the full symmetrised lattice and inverse-Hartley-transform it to a real-space volume."
     D0 = model.cfg.D
@@ -337,6 +338,7 @@ def eval_volume(model:nn.Module, # NeuralVolume or VoxelVolume
     model.eval()
     try:
         sel = pts[inside]
+        if transform is not None: sel = sel @ torch.as_tensor(transform, dtype=sel.dtype, device=dev)
         vals = [model(c, zz).reshape(K, -1) for c in sel.split(batch_points)]
         if vals: ht[:, inside] = torch.cat(vals, -1).float()
     finally:
