@@ -6,9 +6,10 @@
 __all__ = ['PROG', 'COMMANDS', 'register', 'HelpFormatter', 'new_parser', 'available_cores', 'set_threads', 'build_parser',
            'main', 'load_poses_any', 'load_ctf_any', 'add_simulate', 'run_simulate', 'add_parse', 'run_parse',
            'add_downsample', 'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc',
-           'add_pose_error', 'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs']
+           'add_pose_error', 'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs',
+           'add_train', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo']
 
-# %% ../nbs/20_cli.ipynb #6161c1c8
+# %% ../nbs/20_cli.ipynb #997e46e1
 import argparse
 import json
 import math
@@ -17,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-# %% ../nbs/20_cli.ipynb #347c2af1
+# %% ../nbs/20_cli.ipynb #2a241931
 PROG = 'drgnai-nb'
 COMMANDS = {} # name -> (add, run), in the order the commands appear in `--help`
 
@@ -58,7 +59,7 @@ def new_parser(subparsers, # from `ArgumentParser.add_subparsers`
     if progress: p.add_argument('--no-progress', action='store_true', help='do not show progress bars')
     return p
 
-# %% ../nbs/20_cli.ipynb #a4a02ebf
+# %% ../nbs/20_cli.ipynb #23a2a962
 def _input_error(msg:str):
     from drgnai_nb.io import DrgnaiInputError
     return DrgnaiInputError(msg)
@@ -110,7 +111,7 @@ def main(argv:list=None, # arguments (default: `sys.argv[1:]`)
             print(f'{PROG}: error: {e}', file=sys.stderr); return 2
         raise
 
-# %% ../nbs/20_cli.ipynb #22bd8b89
+# %% ../nbs/20_cli.ipynb #00568173
 def _ext(path)->str: return Path(path).suffix.lower()
 
 def load_poses_any(path:str|Path, # pose pickle `(rot, trans)` / `rot`, RELION `.star` or cryoSPARC `.cs`
@@ -171,7 +172,7 @@ def _jsonable(x):
     if isinstance(x, Path): return str(x)
     return x
 
-# %% ../nbs/20_cli.ipynb #9fe27288
+# %% ../nbs/20_cli.ipynb #ea620180
 def add_simulate(sub):
     p = new_parser(sub, 'simulate', help='simulate particle images with ground truth',
         description='Simulate a particle stack with known poses, CTF and volumes (simulate.simulate_to_dir).\n'
@@ -229,7 +230,7 @@ def run_simulate(args):
 
 register('simulate', add_simulate, run_simulate)
 
-# %% ../nbs/20_cli.ipynb #a45571bd
+# %% ../nbs/20_cli.ipynb #5c97b128
 def add_parse(sub):
     p = new_parser(sub, 'parse', help='RELION .star / cryoSPARC .cs -> cryoDRGN pose and CTF pickles',
         description='Parse particle metadata into a pose pickle (rot, trans as box fractions) and/or a CTF pickle\n'
@@ -301,7 +302,7 @@ def run_parse(args):
 
 register('parse', add_parse, run_parse)
 
-# %% ../nbs/20_cli.ipynb #0aa88d6a
+# %% ../nbs/20_cli.ipynb #ee479111
 def add_downsample(sub):
     p = new_parser(sub, 'downsample', help='Fourier-crop particle images to a smaller box',
         description='Downsample particle images by Fourier cropping into a new .mrcs (streamed in batches, written\n'
@@ -346,7 +347,7 @@ def run_downsample(args):
 
 register('downsample', add_downsample, run_downsample)
 
-# %% ../nbs/20_cli.ipynb #10039093
+# %% ../nbs/20_cli.ipynb #f5812d14
 def _half_paths(out)->tuple:
     "VOL.mrc -> (VOL_half1.mrc, VOL_half2.mrc)."
     p = Path(out)
@@ -400,7 +401,7 @@ def run_backproject(args):
 
 register('backproject', add_backproject, run_backproject)
 
-# %% ../nbs/20_cli.ipynb #21c7291a
+# %% ../nbs/20_cli.ipynb #6c6a8422
 def add_fsc(sub):
     p = new_parser(sub, 'fsc', help='Fourier shell correlation of two volumes',
         description='FSC of two volumes on the same grid: resolution at FSC = 0.5 and 0.143 in pixels and Å, and the\n'
@@ -453,7 +454,7 @@ def run_fsc(args):
 
 register('fsc', add_fsc, run_fsc)
 
-# %% ../nbs/20_cli.ipynb #b3201653
+# %% ../nbs/20_cli.ipynb #ff416431
 def add_pose_error(sub):
     p = new_parser(sub, 'pose-error', help='pose error of predicted vs ground-truth poses',
         description='Compare predicted poses to ground truth after the best global rotation (and handedness flip):\n'
@@ -507,7 +508,7 @@ def run_pose_error(args):
 
 register('pose-error', add_pose_error, run_pose_error)
 
-# %% ../nbs/20_cli.ipynb #c41376f8
+# %% ../nbs/20_cli.ipynb #afd644a9
 def add_write_star(sub):
     p = new_parser(sub, 'write-star', help='particles + CTF (+ poses) -> RELION 3.1 .star',
         description='Write a RELION 3.1 star file (data_optics + data_particles) for particle images, their CTF and\n'
@@ -565,3 +566,114 @@ def run_filter_cs(args):
     print(f'kept {len(ind)} of {len(a)} rows of {args.cs} -> {args.out}')
 
 register('filter-cs', add_filter_cs, run_filter_cs)
+
+# %% ../nbs/20_cli.ipynb #99d3e4ee
+def add_train(sub):
+    p = new_parser(sub, 'train', help='neural ab initio reconstruction (DRGN-AI)',
+        description='Reconstruct a (hyper)volume and per-particle poses (and conformations with --zdim > 0) from particle\n'
+                    'images. Writes OUTDIR/weights.E.pt, pose.E.pkl (translations as box fractions), z.E.pkl,\n'
+                    'reconstruct.E.mrc (true pixel size), config.yaml, run.log and learning_curve.csv.',
+        example='drgnai-nb train run/ --particles sim/particles.mrcs --ctf sim/ctf.pkl --preset cpu\n'
+                'drgnai-nb train run/ --particles P.star --datadir stacks/ --ctf ctf.pkl --zdim 4 --set epochs_sgd=50\n'
+                'drgnai-nb train run/ --load latest     # resume an interrupted run', progress=True)
+    p.add_argument('outdir', metavar='OUTDIR', help='run directory')
+    p.add_argument('--particles', metavar='P', help='particles: .mrcs, .mrc, .star, .cs or .txt')
+    p.add_argument('--ctf', metavar='C', help='CTF pickle (N, 9) (e.g. from `drgnai-nb parse`)')
+    p.add_argument('--poses', metavar='POSES', help='pose pickle (required for --mode refine/fixed)')
+    p.add_argument('--datadir', metavar='DIR', help='folder of the stacks named in a .star/.cs')
+    p.add_argument('--zdim', type=int, metavar='Z', help='conformation size; 0 = homogeneous (default 0)')
+    p.add_argument('--mode', choices=['abinit', 'refine', 'fixed'], help='pose estimation (default abinit)')
+    p.add_argument('--ind', metavar='IND', help='index pickle selecting particles')
+    p.add_argument('--preset', choices=['cpu', 'gpu'], help='size of model and search (default: gpu if CUDA is available, else cpu)')
+    p.add_argument('--config', metavar='CFG.yaml', help='settings file (e.g. a previous run\'s config.yaml)')
+    p.add_argument('--set', nargs='+', metavar='KEY=VALUE', default=[], help='override any config field, e.g. --set lr=1e-3 epochs_sgd=20')
+    p.add_argument('--load', metavar='latest|weights.E.pt', help='resume from the latest checkpoint of OUTDIR, or from a given one')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing run in OUTDIR')
+    p.add_argument('--seed', type=int, help='random seed')
+    p.add_argument('--uninvert-data', action='store_true', help='do not invert the contrast (for positive-density images)')
+    p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1' (default: auto)")
+    return p
+
+def train_config_from_args(args, cuda:bool=None):
+    "Build a `TrainConfig` from `train` arguments: preset < --config < options < --set. Returns (config, note)."
+    import yaml, torch
+    from drgnai_nb.train import TrainConfig, parse_set
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    note = ''
+    d = {}
+    if args.config:
+        p = Path(args.config)
+        if not p.exists(): raise FileNotFoundError(f'--config: {p} does not exist')
+        d = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(d, dict): raise _input_error(f'{p}: expected a mapping of config fields')
+    preset = args.preset or d.get('preset')
+    if preset is None:
+        preset = 'gpu' if cuda else 'cpu'
+        note = f'no --preset given: using the {preset!r} preset ({"CUDA is available" if cuda else "no CUDA GPU found"})'
+    base = {**TrainConfig.PRESETS[preset], 'preset': preset} if preset in TrainConfig.PRESETS else {}
+    if preset not in TrainConfig.PRESETS: raise _input_error(f'unknown preset {preset!r}; expected cpu or gpu')
+    d = {**base, **{k: v for k, v in d.items()}}
+    for k, a in [('particles', 'particles'), ('ctf', 'ctf'), ('poses', 'poses'), ('datadir', 'datadir'), ('zdim', 'zdim'),
+                 ('mode', 'mode'), ('ind', 'ind'), ('seed', 'seed'), ('device', 'device')]:
+        v = getattr(args, a, None)
+        if v is not None: d[k] = v
+    if getattr(args, 'uninvert_data', False): d['invert'] = False
+    d = parse_set(d, args.set)
+    return TrainConfig.from_dict(d), note
+
+def run_train(args):
+    from drgnai_nb.train import Trainer, TrainConfig
+    out = Path(args.outdir)
+    if args.load and not args.particles and (out / 'config.yaml').exists() and not args.config:
+        args.config = str(out / 'config.yaml')  # resuming: the run's own settings
+    cfg, note = train_config_from_args(args)
+    tr = Trainer(cfg, out, overwrite=args.overwrite, load=args.load, progress=not args.no_progress)
+    if note: tr.log(note)
+    tr.fit()
+    e = tr.epoch
+    print(f'done: {out}/reconstruct.{e}.mrc, {out}/pose.{e}.pkl' + (f', {out}/z.{e}.pkl' if cfg.zdim else ''))
+
+register('train', add_train, run_train)
+
+# %% ../nbs/20_cli.ipynb #43a00bb9
+def add_demo(sub):
+    p = new_parser(sub, 'demo', help='simulate a dataset and reconstruct it ab initio (built-in data)',
+        description='Simulate particle images of the built-in molecule (OUTDIR/data), reconstruct them ab initio\n'
+                    '(OUTDIR/run), and print the pose errors and resolution against the ground truth\n'
+                    '(also written to OUTDIR/summary.json).',
+        example='drgnai-nb demo demo/\ndrgnai-nb demo demo/ -n 500 -D 32 --quick', progress=True)
+    p.add_argument('outdir', metavar='OUTDIR', help='output folder')
+    p.add_argument('-n', '--n-images', type=int, default=2000, metavar='N', help='number of images')
+    p.add_argument('-D', type=int, default=64, help='box size, pixels')
+    p.add_argument('--snr', type=float, default=0.1, help='signal-to-noise ratio')
+    p.add_argument('--zdim', type=int, default=0, help='conformation size (with --heterogeneity)')
+    p.add_argument('--heterogeneity', choices=['none', 'discrete', 'continuous'], default='none', help='simulated heterogeneity')
+    p.add_argument('--quick', action='store_true', help='a much shorter schedule (seconds; for testing the pipeline)')
+    p.add_argument('--set', nargs='+', metavar='KEY=VALUE', default=[], help='override training config fields')
+    p.add_argument('--seed', type=int, default=0, help='random seed')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing demo in OUTDIR')
+    return p
+
+def run_demo(args):
+    import json
+    from drgnai_nb.simulate import SimConfig, simulate_to_dir
+    from drgnai_nb.train import TrainConfig, Trainer, parse_set, compare_to_truth, format_truth_table
+    out = Path(args.outdir)
+    data = out / 'data'
+    if (data / 'particles.mrcs').exists() and not args.overwrite:
+        raise FileExistsError(f'{out} already holds a demo; pass --overwrite to replace it')
+    print(f'simulating {args.n_images} images at D={args.D}, SNR {args.snr} ...')
+    simulate_to_dir(SimConfig(n_images=args.n_images, D=args.D, snr=args.snr, seed=args.seed,
+                              heterogeneity=args.heterogeneity), data, overwrite=True, progress=not args.no_progress)
+    d = {**TrainConfig.PRESETS['cpu'], 'preset': 'cpu', 'particles': str(data / 'particles.mrcs'),
+         'ctf': str(data / 'ctf.pkl'), 'zdim': args.zdim, 'seed': args.seed}
+    if args.quick: d.update(n_imgs_pretrain=args.n_images, n_imgs_pose_search=args.n_images, epochs_sgd=1)
+    cfg = TrainConfig.from_dict(parse_set(d, args.set))
+    Trainer(cfg, out / 'run', overwrite=True, progress=not args.no_progress).fit()
+    res = compare_to_truth(out / 'run', data)
+    (out / 'summary.json').write_text(json.dumps(res, indent=2))
+    print('\nab initio reconstruction vs ground truth (median, mean in brackets):')
+    print(format_truth_table(res))
+    print(f"map: {out}/run/reconstruct.{res['epoch']}.mrc ({res['Apix']:g} Å/px); hand {'mirrored' if res['mirror'] else 'correct'}")
+
+register('demo', add_demo, run_demo)

@@ -6,7 +6,7 @@
 __all__ = ['TrainConfig', 'parse_set', 'PoseTable', 'TrainingDiverged', 'latest_epoch', 'Trainer', 'train', 'compare_to_truth',
            'format_truth_table']
 
-# %% ../nbs/12_train.ipynb #e5a2dbe6
+# %% ../nbs/12_train.ipynb #d0f5ce9d
 import math, os, re, time, json, shutil
 from dataclasses import dataclass, asdict, fields, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from .so3 import s2s2_to_R, R_to_s2s2, random_rotations
 from .models import VolumeConfig, make_volume, eval_volume, render_slices
 from .hps import HPSConfig, VolumeCache, pose_search, local_refine
 
-# %% ../nbs/12_train.ipynb #055f1c1e
+# %% ../nbs/12_train.ipynb #91f66936
 @dataclass
 class TrainConfig:
     "Every setting of a training run (DRGN-AI's defaults); validated on creation."
@@ -67,7 +67,7 @@ class TrainConfig:
     t_n_grid: int = 7 # base shift grid points per axis
     # --- pose refinement with a frozen decoder in the SGD phase (homogeneous runs)
     refine_every: int = 5 # SGD epochs between refinement passes (0: never); a pass also opens the SGD phase
-    research: bool = True # the first pass also re-runs the global search (full band limit) and keeps the better pose
+    research: bool = True # the passes opening the SGD phase and at its middle also re-run the global search and keep the better pose
     refine_delta_deg: float = 1.0 # first rotation step of local refinement, degrees
     refine_shift_px: float = 0.25 # first shift step of local refinement, pixels
     refine_levels: int = 4 # step halvings of local refinement
@@ -145,7 +145,7 @@ def parse_set(cfg:dict, # config fields so far
         except ValueError: raise DrgnaiInputError(f'--set {k}={v}: expected a value of type {getattr(t, "__name__", t)}')
     return out
 
-# %% ../nbs/12_train.ipynb #88d005da
+# %% ../nbs/12_train.ipynb #8e72ab36
 class PoseTable(nn.Module):
     "Per-particle rotations (6-D) and shifts (pixels), trainable."
     def __init__(self, N:int, rot:Tensor=None, trans_px:Tensor=None):
@@ -169,7 +169,7 @@ class PoseTable(nn.Module):
     def all(self)->tuple: # (rot (N, 3, 3), trans (N, 2) pixels)
         return s2s2_to_R(self.s2s2.weight), self.trans.weight.clone()
 
-# %% ../nbs/12_train.ipynb #2fb7db18
+# %% ../nbs/12_train.ipynb #f801f5c3
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
 
@@ -395,7 +395,8 @@ class Trainer:
             self.epoch = e
             k = e - self.n_hps_epochs  # index within the SGD phase
             if self.phase(e) == 'sgd' and self.cfg.refine_every and k % self.cfg.refine_every == 0:
-                self.refine_poses(global_search=(k == 0 and self.cfg.research and self.cfg.mode == 'abinit'))
+                again = k in (0, self.cfg.epochs_sgd // 2 // self.cfg.refine_every * self.cfg.refine_every)
+                self.refine_poses(global_search=again and self.cfg.research and self.cfg.mode == 'abinit')
             self.run_epoch(e)
             if (e + 1) % self.cfg.checkpoint_every == 0 or e == self.n_epochs - 1: self.save(e)
         self.log('done')
@@ -459,7 +460,7 @@ def train(cfg:TrainConfig, outdir:str|Path, overwrite:bool=False, load:str|None=
     "Build a `Trainer` and run it to the end of its schedule."
     return Trainer(cfg, outdir, overwrite, load, progress).fit()
 
-# %% ../nbs/12_train.ipynb #c0e8b541
+# %% ../nbs/12_train.ipynb #daa9f877
 def compare_to_truth(rundir:str|Path, # a run directory
                      truth:str|Path, # the simulated dataset's folder (poses.pkl, vol.mrc or vol_000.mrc ...)
                      epoch:int=None, # epoch to read (default: the latest)

@@ -1,0 +1,103 @@
+"""Benchmark of DRGN-AI training on simulated data: speed (pose search and SGD images/s, FLOPs per image, fraction of
+the machine's matmul rate, peak memory) and accuracy (pose errors and map resolution against the ground truth, in the
+form of the DRGN-AI paper's table), with the same data trained on the true poses (`fixed`) as the accuracy ceiling.
+
+    python benchmarks/bench_train.py                 # box 64, 2,000 images, SNR 0.1, --preset cpu (about 10 min on 2 cores)
+    python benchmarks/bench_train.py --speed-only    # the reference's settings, 1 pose-search + 1 SGD epoch
+    python benchmarks/bench_train.py -D 128 -n 5000 --preset gpu --device cuda
+"""
+import argparse, json, math, os, resource, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+
+
+def matmul_rate(device, dim=128, rows=65536, reps=20):
+    "Achieved GFLOP/s of an (rows x dim) @ (dim x dim) fp32 matmul: the decoder's hidden layers."
+    a = torch.randn(rows, dim, device=device); w = torch.randn(dim, dim, device=device)
+    for _ in range(3): a @ w
+    if device.type == 'cuda': torch.cuda.synchronize()
+    t = time.time()
+    for _ in range(reps): a @ w
+    if device.type == 'cuda': torch.cuda.synchronize()
+    return 2 * rows * dim * dim * reps / (time.time() - t) / 1e9
+
+
+def flops_per_image(tr):
+    "Analytic FLOPs per image: SGD step (forward + backward = 3x forward) and pose-search epoch (cache + scoring + steps)."
+    from drgnai_nb.models import flops_per_image as fpi, flops_per_point
+    from drgnai_nb.grids import grid_sizes
+    cfg, D, lat = tr.cfg, tr.D, tr.lat
+    n_mask = int(lat.get_circular_mask(D // 2).sum())
+    sgd = 3 * fpi(tr.model, n_mask)
+    hc = cfg.hps
+    ls = hc.band_limits(D)
+    L = int(math.ceil(ls[-1])) + 1
+    cache_pts = (4 / 3) * math.pi * (ls[-1] + 1.5) ** 3  # points inside the cached sphere
+    cache = cache_pts / 2 * flops_per_point(tr.model) / cfg.hps_search_batch  # one evaluation per pair +-k
+    n0 = int(lat.get_circular_mask(ls[0]).sum())
+    s2, psi = grid_sizes(hc.base_order)
+    T0 = hc.t_n_grid ** 2 if hc.t_extent > 0 else 1
+    score = 2 * T0 * n0 * s2 * psi  # base level: (T x N) @ (N x M)
+    for l in ls[1:]:
+        n = int(lat.get_circular_mask(l).sum())
+        score += 2 * hc.n_kept * 9 * 8 * n
+    return {'sgd': sgd, 'hps_search': cache + score, 'hps_total': cache + score + sgd}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-n', type=int, default=2000); p.add_argument('-D', type=int, default=64)
+    p.add_argument('--snr', type=float, default=0.1); p.add_argument('--preset', default='cpu')
+    p.add_argument('--device', default='auto'); p.add_argument('--out', default='bench_out')
+    p.add_argument('--speed-only', action='store_true', help="the reference's settings for 1 pose-search and 1 SGD epoch")
+    p.add_argument('--no-fixed', action='store_true', help='skip the fixed-pose ceiling run')
+    p.add_argument('--set', nargs='*', default=[], help='training config overrides KEY=VALUE')
+    p.add_argument('--threads', type=int, default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads or min(os.cpu_count() or 1, 32))
+    from drgnai_nb.simulate import SimConfig, simulate_to_dir
+    from drgnai_nb.train import TrainConfig, Trainer, parse_set, compare_to_truth, format_truth_table
+    out = Path(a.out); data = out / f'data_D{a.D}_n{a.n}_snr{a.snr}'
+    if not (data / 'particles.mrcs').exists():
+        simulate_to_dir(SimConfig(n_images=a.n, D=a.D, snr=a.snr, seed=0, shift_px=3.2, defocus=(1.0, 2.5), Apix=3.0), data, progress=False)
+    base = {**TrainConfig.PRESETS[a.preset], 'preset': a.preset, 'particles': str(data / 'particles.mrcs'),
+            'ctf': str(data / 'ctf.pkl'), 'device': a.device}
+    if a.speed_only:  # cryoDRGN abinit's CPU settings of the issue: 3x128, pe 32, order 1, l 12->16 / 3 levels, 4 kept, +-8 px
+        base.update(dim=128, pe_dim=32, base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0, lr=1e-3,
+                    n_imgs_pretrain=0, n_imgs_pose_search=a.n, epochs_sgd=1, refine_every=0)
+    cfg = TrainConfig.from_dict(parse_set(base, a.set))
+    rate = matmul_rate(torch.device('cuda' if (a.device == 'auto' and torch.cuda.is_available()) or a.device.startswith('cuda') else 'cpu'))
+    t0 = time.time()
+    tr = Trainer(cfg, out / 'run_abinit', overwrite=True, progress=False)
+    if tr.device.type == 'cuda': torch.cuda.reset_peak_memory_stats()
+    tr.fit()
+    wall = time.time() - t0
+    hps = [h for h in tr.history if h['phase'] == 'hps']; sgd = [h for h in tr.history if h['phase'] == 'sgd']
+    fl = flops_per_image(tr)
+    res = {'config': {k: getattr(cfg, k) for k in ('preset', 'dim', 'layers', 'pe_dim', 'base_order', 'n_levels', 'l_start', 'l_end',
+                                                   'n_kept', 't_extent', 't_n_grid', 'batch_size_hps', 'hps_search_batch', 'batch_size_sgd')},
+           'N': tr.N, 'D': tr.D, 'device': str(tr.device), 'threads': torch.get_num_threads(), 'wall_s': wall,
+           'hps_images_per_s': float(np.mean([h['images_per_s'] for h in hps])) if hps else None,
+           'sgd_images_per_s': float(np.mean([h['images_per_s'] for h in sgd])) if sgd else None,
+           'flops_per_image_sgd': fl['sgd'], 'flops_per_image_hps': fl['hps_total'], 'matmul_gflops': rate,
+           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if tr.device.type == 'cuda': res['peak_gpu_gb'] = torch.cuda.max_memory_allocated() / 2**30
+    if res['sgd_images_per_s']: res['sgd_fraction_of_matmul_rate'] = res['sgd_images_per_s'] * fl['sgd'] / 1e9 / rate
+    if res['hps_images_per_s']: res['hps_fraction_of_matmul_rate'] = res['hps_images_per_s'] * fl['hps_total'] / 1e9 / rate
+    res['abinit'] = compare_to_truth(out / 'run_abinit', data)
+    if not a.no_fixed and not a.speed_only:
+        fc = TrainConfig.from_dict({**cfg.to_dict(), 'mode': 'fixed', 'poses': str(data / 'poses.pkl')})
+        Trainer(fc, out / 'run_fixed', overwrite=True, progress=False).fit()
+        res['fixed'] = compare_to_truth(out / 'run_fixed', data)
+    print(json.dumps(res, indent=2, default=float))
+    print(f"\nspeed: pose search {res['hps_images_per_s'] or 0:.1f} images/s, SGD {res['sgd_images_per_s'] or 0:.1f} images/s, "
+          f"{res['flops_per_image_sgd'] / 1e9:.2f} GFLOP/image (SGD), {res['flops_per_image_hps'] / 1e9:.3f} GFLOP/image (pose search), "
+          f"matmul rate {rate:.0f} GFLOP/s, peak RSS {res['peak_rss_gb']:.2f} GB, wall {wall:.0f} s")
+    print('\nab initio vs ground truth:'); print(format_truth_table(res['abinit']))
+    if 'fixed' in res: print('fixed (true) poses, the ceiling:'); print(format_truth_table(res['fixed']))
+    (out / 'bench.json').write_text(json.dumps(res, indent=2, default=float))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,133 @@
+"""Training: every mode, z_dim = 0 and > 0 on tiny data; checkpoints survive SIGKILL; a NaN stops cleanly;
+existing runs are protected; the CLI's train command and its config precedence."""
+import os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from drgnai_nb.io import load_poses, load_pkl, read_mrc
+from drgnai_nb.simulate import SimConfig, simulate_to_dir
+from drgnai_nb.train import TrainConfig, Trainer, TrainingDiverged, train, latest_epoch
+from drgnai_nb.cli import main
+
+TINY = dict(n_imgs_pretrain=64, n_imgs_pose_search=64, epochs_sgd=1, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3,
+            hps_search_batch=32, batch_size_hps=16, batch_size_sgd=16, batch_size_known_poses=16, dim=32, pe_dim=8)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp('tiny')
+    simulate_to_dir(SimConfig(n_images=64, D=24, snr=1.0, seed=0, shift_px=1.0, heterogeneity='discrete', n_states=2), d, progress=False)
+    return d
+
+
+def _cfg(tiny, **kw):
+    return TrainConfig.preset('cpu', particles=str(tiny / 'particles.mrcs'), ctf=str(tiny / 'ctf.pkl'), **{**TINY, **kw})
+
+
+def _check_run(out, N, zdim, epoch):
+    assert latest_epoch(out) == epoch
+    r, t = load_poses(out / f'pose.{epoch}.pkl')
+    assert r.shape == (N, 3, 3) and t.shape == (N, 2) and np.abs(t).max() < 1
+    vol, info = read_mrc(out / f'reconstruct.{epoch}.mrc')
+    assert vol.shape == (24, 24, 24) and abs(info.Apix - 3.0) < 1e-5 and np.isfinite(vol).all()
+    if zdim: assert load_pkl(out / f'z.{epoch}.pkl').shape == (N, zdim)
+    st = torch.load(out / f'weights.{epoch}.pt', weights_only=False)
+    assert st['epoch'] == epoch and 'model_state_dict' in st
+    assert (out / 'config.yaml').exists() and (out / 'run.log').exists() and (out / 'learning_curve.csv').exists()
+    assert not list(out.glob('*.tmp*')), 'temporary files left behind'
+
+
+@pytest.mark.parametrize('mode, zdim, volume', [('abinit', 0, 'neural'), ('abinit', 2, 'neural'), ('refine', 0, 'neural'),
+                                                ('refine', 2, 'neural'), ('fixed', 0, 'neural'), ('fixed', 2, 'neural'),
+                                                ('fixed', 0, 'voxel')])
+def test_modes(tiny, tmp_path, mode, zdim, volume):
+    kw = dict(mode=mode, zdim=zdim, volume=volume)
+    if mode != 'abinit': kw['poses'] = str(tiny / 'poses.pkl')
+    tr = train(_cfg(tiny, **kw), tmp_path / 'run', progress=False)
+    phases = [h['phase'] for h in tr.history]
+    assert phases == {'abinit': ['hps', 'sgd'], 'refine': ['sgd'], 'fixed': ['fixed']}[mode]
+    _check_run(tmp_path / 'run', 64, zdim, tr.epoch)
+    if mode == 'fixed':  # the given poses are written back unchanged
+        r0, t0 = load_poses(tiny / 'poses.pkl'); r, t = load_poses(tmp_path / f'run/pose.{tr.epoch}.pkl')
+        assert np.allclose(r, r0, atol=1e-5) and np.allclose(t, t0, atol=1e-5)
+
+
+def test_index_selection(tiny, tmp_path):
+    from drgnai_nb.io import save_ind
+    save_ind(tmp_path / 'ind.pkl', np.arange(0, 64, 2))
+    tr = train(_cfg(tiny, ind=str(tmp_path / 'ind.pkl')), tmp_path / 'run', progress=False)
+    assert tr.N == 32
+    _check_run(tmp_path / 'run', 32, 0, tr.epoch)
+
+
+def test_existing_run_is_protected(tiny, tmp_path):
+    train(_cfg(tiny, epochs_sgd=0), tmp_path / 'run', progress=False)
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        Trainer(_cfg(tiny), tmp_path / 'run', progress=False)
+    train(_cfg(tiny, epochs_sgd=0), tmp_path / 'run', overwrite=True, progress=False)
+
+
+def test_nan_stops_cleanly(tiny, tmp_path, monkeypatch):
+    tr = Trainer(_cfg(tiny, epochs_sgd=2), tmp_path / 'run', progress=False)
+    real = Trainer.loss
+    def poisoned(self, *a, **k):
+        out = real(self, *a, **k)
+        return out * float('nan') if self.epoch >= 1 else out
+    monkeypatch.setattr(Trainer, 'loss', poisoned)
+    with pytest.raises(TrainingDiverged, match='weights.0.pt'):
+        tr.fit()
+    assert latest_epoch(tmp_path / 'run') == 0
+    _check_run(tmp_path / 'run', 64, 0, 0)  # the last good checkpoint is intact and loadable
+    assert np.isfinite(read_mrc(tmp_path / 'run/reconstruct.0.mrc')[0]).all()
+
+
+def test_sigkill_and_resume(tiny, tmp_path):
+    "Kill a training process mid-epoch with SIGKILL, then `--load latest` finishes the run with no corrupted file."
+    out = tmp_path / 'run'
+    args = ['train', str(out), '--particles', str(tiny / 'particles.mrcs'), '--ctf', str(tiny / 'ctf.pkl'), '--preset', 'cpu',
+            '--no-progress', '--set'] + [f'{k}={v}' for k, v in {**TINY, 'epochs_sgd': 40, 'checkpoint_every': 1}.items()]
+    p = subprocess.Popen([sys.executable, '-c', 'import sys; from drgnai_nb.cli import main; sys.exit(main(sys.argv[1:]))', *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while latest_epoch(out) is None or latest_epoch(out) < 2:
+        assert p.poll() is None, p.stderr.read().decode()
+        assert time.time() - t0 < 120, 'training did not reach epoch 2'
+        time.sleep(0.05)
+    time.sleep(0.3)  # mid-epoch (or mid-checkpoint)
+    p.send_signal(signal.SIGKILL); p.wait()
+    e = latest_epoch(out)
+    assert e is not None and e < 40
+    torch.load(out / f'weights.{e}.pt', weights_only=False)  # the newest checkpoint on disk is complete
+    assert main(['train', str(out), '--load', 'latest', '--no-progress']) == 0
+    _check_run(out, 64, 0, 40)
+    log = (out / 'run.log').read_text()
+    assert 'resumed from' in log and 'done' in log
+
+
+def test_cli_config_precedence(tiny, tmp_path):
+    from drgnai_nb.cli import build_parser, train_config_from_args
+    import yaml
+    (tmp_path / 'c.yaml').write_text(yaml.safe_dump({'lr': 0.005, 'epochs_sgd': 3}))
+    a = build_parser().parse_args(['train', str(tmp_path / 'r'), '--particles', 'x.mrcs', '--config', str(tmp_path / 'c.yaml'),
+                                   '--zdim', '2', '--set', 'epochs_sgd=7', 'invert=false'])
+    cfg, note = train_config_from_args(a, cuda=False)
+    assert (cfg.preset, cfg.dim, cfg.lr, cfg.epochs_sgd, cfg.zdim, cfg.invert) == ('cpu', 128, 0.005, 7, 2, False)
+    assert "'cpu' preset" in note
+    cfg, note = train_config_from_args(build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs']), cuda=True)
+    assert cfg.preset == 'gpu' and cfg.dim == 256 and 'CUDA' in note
+
+
+def test_cli_train_bad_input(tiny, tmp_path, capsys):
+    assert main(['train', str(tmp_path / 'r'), '--particles', str(tiny / 'particles.mrcs'), '--mode', 'fixed']) == 2
+    assert 'poses' in capsys.readouterr().err
+    assert main(['train', str(tmp_path / 'r'), '--particles', str(tiny / 'particles.mrcs'), '--set', 'nonsense=1']) == 2
+    assert 'unknown config field' in capsys.readouterr().err
+    assert not (tmp_path / 'r').exists()
+
+
+def test_cli_demo_quick(tmp_path, capsys):
+    assert main(['demo', str(tmp_path / 'demo'), '-n', '64', '-D', '24', '--quick', '--no-progress', '--set',
+                 'l_start=6', 'l_end=8', 't_extent=2', 't_n_grid=3', 'dim=32', 'pe_dim=8']) == 0
+    out = capsys.readouterr().out
+    assert 'out-of-plane' in out and (tmp_path / 'demo/summary.json').exists()
