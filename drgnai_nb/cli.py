@@ -7,7 +7,8 @@ __all__ = ['PROG', 'COMMANDS', 'register', 'HelpFormatter', 'new_parser', 'avail
            'main', 'load_poses_any', 'load_ctf_any', 'add_simulate', 'run_simulate', 'add_parse', 'run_parse',
            'add_downsample', 'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc',
            'add_pose_error', 'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs',
-           'add_train', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo']
+           'add_train', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo', 'add_analyze', 'run_analyze',
+           'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter', 'run_filter']
 
 # %% ../nbs/20_cli.ipynb #997e46e1
 import argparse
@@ -134,7 +135,7 @@ def load_ctf_any(path:str|Path, # CTF pickle (N, 9), RELION `.star` or cryoSPARC
                  N:int=None, # expected number of particles
                  D:int=None, # box, pixels: used when the file does not say
                  Apix:float=None, # pixel size, Å: used when the file does not say
-                )->'np.ndarray': # (N, 9) float32
+                ): # (N, 9) float32 array
     "CTF parameters from any supported file, checked."
     from drgnai_nb import io
     ext = _ext(path)
@@ -627,11 +628,12 @@ def run_train(args):
     if args.load and not args.particles and (out / 'config.yaml').exists() and not args.config:
         args.config = str(out / 'config.yaml')  # resuming: the run's own settings
     cfg, note = train_config_from_args(args)
-    tr = Trainer(cfg, out, overwrite=args.overwrite, load=args.load, progress=not args.no_progress)
+    from drgnai_nb.distributed import make_trainer  # a DistributedTrainer under torchrun (WORLD_SIZE > 1)
+    tr = make_trainer(cfg, out, overwrite=args.overwrite, load=args.load, progress=not args.no_progress)
     if note: tr.log(note)
     tr.fit()
     e = tr.epoch
-    print(f'done: {out}/reconstruct.{e}.mrc, {out}/pose.{e}.pkl' + (f', {out}/z.{e}.pkl' if cfg.zdim else ''))
+    if tr.is_main: print(f'done: {out}/reconstruct.{e}.mrc, {out}/pose.{e}.pkl' + (f', {out}/z.{e}.pkl' if cfg.zdim else ''))
 
 register('train', add_train, run_train)
 
@@ -677,3 +679,209 @@ def run_demo(args):
     print(f"map: {out}/run/reconstruct.{res['epoch']}.mrc ({res['Apix']:g} Å/px); hand {'mirrored' if res['mirror'] else 'correct'}")
 
 register('demo', add_demo, run_demo)
+
+# %% ../nbs/20_cli.ipynb #a2ed81a0
+def _vol_options(p, downsample=True):
+    p.add_argument('--Apix', type=float, metavar='A', default=None, help="pixel size of the training data, Å (default: the run's)")
+    p.add_argument('--flip', action='store_true', help='mirror the hand of the maps')
+    p.add_argument('--invert', action='store_true', help='negate the density')
+    if downsample: p.add_argument('-d', '--downsample', type=int, metavar='D', default=None, help="box of the maps (Fourier-cropped), pixels (default: the run's)")
+
+def add_analyze(sub):
+    p = new_parser(sub, 'analyze', help='latent space, clusters, maps, junk and figures of a trained run',
+        description='Analyse a trained run and write RUNDIR/analyze.E/: latent PCA (explained variance), a 2-D embedding\n'
+                    '(UMAP when umap-learn is installed, else t-SNE), k-means (--ksample) with centres snapped to particles\n'
+                    'and maps at them, maps along the first --pc PCs, junk particles (junk.pkl, keep.pkl: original\n'
+                    'indices; the fit rule flags images the model explains little of, the ||z|| rule latent outliers), PNG figures (latent space, pose distribution, learning curve), particles.csv, summary.json\n'
+                    'and drgnai_explore.ipynb. Homogeneous runs: map.mrc, half maps and their FSC, FSC against --ref.',
+        example='drgnai-nb analyze run/ --ksample 20\n'
+                'drgnai-nb analyze run/ --epoch 29 --pc 3 --gmm --truth sim/\n'
+                'drgnai-nb analyze run_homo/ --ref reference.mrc', progress=True)
+    p.add_argument('rundir', metavar='RUNDIR', help='run directory of `drgnai-nb train`')
+    p.add_argument('--epoch', type=int, default=None, metavar='E', help='epoch to analyse (default: the latest)')
+    p.add_argument('--ksample', type=int, default=20, metavar='K', help='k-means clusters (maps at their centres)')
+    p.add_argument('--pc', type=int, default=2, metavar='N', help='principal components to traverse')
+    p.add_argument('--n-per-pc', type=int, default=10, metavar='M', help='maps per PC traversal')
+    p.add_argument('--gmm', action='store_true', help='also cluster with a Gaussian mixture of K components')
+    p.add_argument('--embedding', choices=['auto', 'umap', 'tsne', 'pca'], default='auto', help='2-D embedding for zdim > 2')
+    p.add_argument('--junk-rule', choices=['fit', 'znorm'], default='fit',
+                   help="junk.pkl from the fit rule (low-gain component of the images' fit) or the ||z|| rule")
+    p.add_argument('--junk-threshold', type=float, default=3.5, metavar='S', help='||z|| rule: robust z-score of ||z - median z|| above which a particle is junk')
+    p.add_argument('--junk-separation', type=float, default=2.0, metavar='D', help="fit rule: Ashman's D the two gain components need before any particle is flagged")
+    p.add_argument('--truth', metavar='SIMDIR', default=None, help='a `drgnai-nb simulate` folder: measure against the ground truth')
+    p.add_argument('--ref', metavar='MAP.mrc', default=None, help='reference map (same frame) for an FSC, homogeneous runs')
+    p.add_argument('--no-halfmaps', action='store_true', help='homogeneous runs: skip the half-map backprojection')
+    p.add_argument('--skip-vol', action='store_true', help='do not write maps')
+    p.add_argument('-o', '--outdir', default=None, metavar='DIR', help='output folder (default: RUNDIR/analyze.E)')
+    p.add_argument('--seed', type=int, default=0, help='random state of clustering and embedding')
+    p.add_argument('--device', default='auto', help="where the decoder runs: 'cpu', 'cuda', 'cuda:1' or 'auto'")
+    _vol_options(p)
+    return p
+
+def run_analyze(args):
+    from drgnai_nb.analysis import analyze
+    for n in ('ksample', 'n_per_pc'):
+        if getattr(args, n) < 1: raise _input_error(f'--{n.replace("_", "-")}: expected an integer >= 1, got {getattr(args, n)}')
+    if args.pc < 0: raise _input_error(f'--pc: expected an integer >= 0, got {args.pc}')
+    for f in (args.ref,):
+        if f is not None and not Path(f).is_file(): raise _input_error(f'--ref: map not found: {f}')
+    if args.truth is not None and not Path(args.truth).is_dir(): raise _input_error(f'--truth: folder not found: {args.truth}')
+    analyze(args.rundir, args.epoch, ksample=args.ksample, pc=args.pc, n_per_pc=args.n_per_pc, gmm=args.gmm, truth=args.truth,
+            ref=args.ref, halfmaps=not args.no_halfmaps, skip_vol=args.skip_vol, embedding=args.embedding,
+            junk_rule=args.junk_rule, junk_threshold=args.junk_threshold, junk_separation=args.junk_separation, D=args.downsample, flip=args.flip, invert=args.invert, outdir=args.outdir,
+            seed=args.seed, device=args.device, progress=not args.no_progress, verbose=True)
+
+register('analyze', add_analyze, run_analyze)
+
+# %% ../nbs/20_cli.ipynb #2c73c17b
+def add_eval_vol(sub):
+    p = new_parser(sub, 'eval-vol', help='maps of a trained run at given conformations',
+        description='Evaluate the decoder of a run at each z and write OUTDIR/vol_000.mrc, vol_001.mrc, ... in the order\n'
+                    'given, with the true pixel size. A homogeneous run gives its one map (no -z).',
+        example='drgnai-nb eval-vol run/ -z 0.1 -0.3 1.2 0.0 -o vols/\n'
+                'drgnai-nb eval-vol run/ --zfile run/analyze.29/kmeans20/centers.txt -o vols/ --downsample 64 --flip',
+        progress=True)
+    p.add_argument('rundir', metavar='RUNDIR', help='run directory of `drgnai-nb train`')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('-z', type=float, nargs='+', metavar='Z', default=None, help='z values: zdim numbers per map (several maps: concatenated)')
+    g.add_argument('--zfile', metavar='F', default=None, help='text file (one z per row) or .pkl array of z values')
+    p.add_argument('-o', '--outdir', required=True, metavar='DIR', help='output folder')
+    p.add_argument('--epoch', type=int, default=None, metavar='E', help='epoch (default: the latest)')
+    p.add_argument('--prefix', default='vol_', help='file name prefix')
+    p.add_argument('--device', default='auto', help="where the decoder runs: 'cpu', 'cuda', 'cuda:1' or 'auto'")
+    _vol_options(p)
+    return p
+
+def run_eval_vol(args):
+    from drgnai_nb.analysis import load_run, read_z, write_volumes
+    run = load_run(args.rundir, args.epoch, args.device)
+    if run.zdim == 0:
+        if args.z is not None or args.zfile: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0); -z/--zfile do not apply')
+        zs = None
+    else:
+        if args.z is None and not args.zfile: raise _input_error(f'{args.rundir}: heterogeneous run (zdim {run.zdim}); give -z or --zfile')
+        zs = read_z(args.zfile if args.zfile else args.z, run.zdim)
+    paths = write_volumes(run, zs, args.outdir, D=args.downsample, Apix=args.Apix, flip=args.flip, invert=args.invert,
+                          prefix=args.prefix, progress=not args.no_progress)
+    print(f'wrote {len(paths)} map(s) to {args.outdir}: {paths[0].name}' + (f' ... {paths[-1].name}' if len(paths) > 1 else '')
+          + f' (box {args.downsample or run.D}, {(args.Apix or run.Apix) * run.D / (args.downsample or run.D):.4g} Å/px)')
+
+register('eval-vol', add_eval_vol, run_eval_vol)
+
+def add_traverse(sub):
+    p = new_parser(sub, 'traverse', help='maps along a PC, a straight line or a graph path in latent space',
+        description='Conformations along a path through the latent space, written as OUTDIR/z_values.txt (and, for graph\n'
+                    'paths, path_ind.txt: run positions of the particles on the path) and maps vol_000.mrc ... :\n'
+                    '  --pc N             along principal component N (5th to 95th percentile)\n'
+                    '  --direct I J ...   straight lines between the z of particles I, J, ... (run positions)\n'
+                    '  --graph I J ...    shortest path between those particles in a k-nearest-neighbour graph',
+        example='drgnai-nb traverse run/ --pc 1 -n 10 -o pc1/\n'
+                'drgnai-nb traverse run/ --graph 105 2011 -o path/ --skip-vol', progress=True)
+    p.add_argument('rundir', metavar='RUNDIR', help='run directory of `drgnai-nb train`')
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--pc', type=int, metavar='N', help='principal component (1-based)')
+    g.add_argument('--direct', type=int, nargs='+', metavar='I', help='particles (run positions) to join with straight lines')
+    g.add_argument('--graph', type=int, nargs='+', metavar='I', help='particles (run positions) to join through the neighbour graph')
+    p.add_argument('-n', type=int, default=10, help='points along a PC, or per straight segment')
+    p.add_argument('--neighbors', type=int, default=10, metavar='K', help='neighbours per particle of the graph')
+    p.add_argument('-o', '--outdir', required=True, metavar='DIR', help='output folder')
+    p.add_argument('--epoch', type=int, default=None, metavar='E', help='epoch (default: the latest)')
+    p.add_argument('--skip-vol', action='store_true', help='write the z values only')
+    _vol_options(p)
+    return p
+
+def run_traverse(args):
+    import numpy as np
+    from drgnai_nb import analysis as A
+    from drgnai_nb.io import atomic_write
+    run = A.load_run(args.rundir, args.epoch)
+    if run.zdim == 0: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0); nothing to traverse')
+    out = Path(args.outdir)
+    anchors = args.direct or args.graph
+    if anchors:
+        bad = [a for a in anchors if not 0 <= a < run.N]
+        if bad: raise _input_error(f'particle {bad[0]}: out of range for the run\'s {run.N} particles (run positions 0..{run.N - 1})')
+    if args.pc is not None:
+        pc, _, pca = A.latent_pca(run.z)
+        zs, what = A.pc_traversal(pca, pc, args.pc, args.n), f'PC{args.pc}'
+    elif args.direct: zs, what = A.direct_traversal(run.z[args.direct], args.n), 'straight lines'
+    else:
+        path, dist = A.graph_traversal(run.z, args.graph, args.neighbors)
+        zs, what = run.z[path], f'graph path of {len(path)} particles'
+        atomic_write(out / 'path_ind.txt', lambda tmp: np.savetxt(tmp, np.c_[path, run.ind[path], dist], fmt=['%d', '%d', '%.6g'],
+                                                                header='run position, original index, cumulative latent distance'))
+    atomic_write(out / 'z_values.txt', lambda tmp: np.savetxt(tmp, zs, fmt='%.6g'))
+    if not args.skip_vol:
+        A.write_volumes(run, zs, out, D=args.downsample, Apix=args.Apix, flip=args.flip, invert=args.invert, progress=not args.no_progress)
+    print(f'{what}: {len(zs)} conformations -> {out}/z_values.txt' + ('' if args.skip_vol else f' and vol_000.mrc ... vol_{len(zs) - 1:03d}.mrc'))
+
+register('traverse', add_traverse, run_traverse)
+
+# %% ../nbs/20_cli.ipynb #66a23f88
+def add_filter(sub):
+    p = new_parser(sub, 'filter', help='keep a selection of particles: index pickle, RELION star, cryoSPARC .cs',
+        description='Select particles of a trained run and write OUTDIR/NAME.pkl (original indices, for `train --ind`),\n'
+                    'NAME.star (RELION 3.1 with the run\'s poses; needs the run\'s CTF) and, when the run read its particles\n'
+                    'from a cryoSPARC .cs, NAME.cs (the same rows). The selection is one of:\n'
+                    '  --ind SEL.pkl       original indices (as saved by the explorer or analyze)\n'
+                    '  --clusters 0,2      clusters of analyze.E/kmeansK/labels.pkl (--kmeans K; computed if absent)\n'
+                    '  --junk              remove junk: analyze.E/junk.pkl if analyze ran, else the --junk-rule now\n'
+                    '--exclude drops the selection instead of keeping it; the complement is written as NAME_excluded.pkl.',
+        example='drgnai-nb filter run/ --junk -o filtered/\n'
+                'drgnai-nb filter run/ --clusters 0,3,7 --kmeans 20 -o filtered/ --name good\n'
+                'drgnai-nb train run2/ --particles P.star --ctf ctf.pkl --ind filtered/keep.pkl --zdim 4')
+    p.add_argument('rundir', metavar='RUNDIR', help='run directory of `drgnai-nb train`')
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--ind', metavar='SEL.pkl', help='original indices to keep')
+    g.add_argument('--clusters', metavar='C,C,...', help='comma-separated cluster numbers to keep')
+    g.add_argument('--junk', action='store_true', help='remove the particles the ||z|| rule flags')
+    p.add_argument('--kmeans', type=int, default=20, metavar='K', help='the k-means clustering --clusters refers to')
+    p.add_argument('--junk-rule', choices=['fit', 'znorm'], default=None, help="--junk: compute this rule now (default: analyze's junk.pkl, else fit)")
+    p.add_argument('--junk-threshold', type=float, default=3.5, metavar='S', help='robust z-score threshold of the ||z|| rule')
+    p.add_argument('--exclude', action='store_true', help='drop the selected particles instead of keeping them')
+    p.add_argument('--epoch', type=int, default=None, metavar='E', help='epoch (default: the latest)')
+    p.add_argument('-o', '--outdir', required=True, metavar='DIR', help='output folder')
+    p.add_argument('--name', default='keep', help='base name of the files')
+    return p
+
+def run_filter(args):
+    import numpy as np
+    from drgnai_nb import analysis as A
+    from drgnai_nb.io import load_ind, load_pkl, save_ind
+    run = A.load_run(args.rundir, args.epoch)
+    if args.ind:
+        sel, what = A.from_original(run, load_ind(args.ind)), f'{args.ind}'
+    elif args.clusters:
+        try: cs = [int(c) for c in args.clusters.split(',') if c.strip()]
+        except ValueError: raise _input_error(f'--clusters {args.clusters!r}: expected comma-separated integers, e.g. 0,2,5')
+        if run.z is None: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0) has no clusters')
+        f = run.rundir / f'analyze.{run.epoch}' / f'kmeans{args.kmeans}' / 'labels.pkl'
+        if f.exists(): labels = np.asarray(load_pkl(f))
+        else: labels = A.cluster_latent(run.z, args.kmeans).labels
+        if len(labels) != run.N: raise _input_error(f'{f}: {len(labels)} labels, but the run has {run.N} particles')
+        sel, what = A.select_clusters(labels, cs), f'clusters {cs} of k-means k={args.kmeans}'
+    else:
+        f = run.rundir / f'analyze.{run.epoch}' / 'junk.pkl'
+        if args.junk_rule is None and f.exists():
+            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f))), f'non-junk particles ({f})'
+        elif (args.junk_rule or 'fit') == 'fit':
+            junk = A.junk_by_fit(A.fit_gain(run, progress=False))[0]
+            what = 'non-junk particles (fit rule)'
+        else:
+            if run.z is None: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0); the ||z|| rule needs conformations')
+            junk, _ = A.junk_by_znorm(run.z, args.junk_threshold)
+            what = f'non-junk particles (||z|| rule, threshold {args.junk_threshold})'
+        sel = np.nonzero(~junk)[0]
+    if args.exclude: sel, what = np.setdiff1d(np.arange(run.N), sel), f'all but {what}'
+    sel = np.sort(sel)
+    if not len(sel): raise _input_error(f'the selection ({what}) is empty; nothing to write')
+    res = A.export_selection(run, sel, args.outdir, args.name)
+    rest = np.setdiff1d(np.arange(run.N), sel)
+    save_ind(Path(args.outdir) / f'{args.name}_excluded.pkl', run.ind[rest])
+    print(f'kept {len(sel)} of {run.N} particles ({what}):')
+    for k in ('ind', 'star', 'cs'):
+        if res[k]: print(f'  {res[k]}')
+    for n in res['notes']: print(f'  ({n})')
+    print(f'  {Path(args.outdir) / (args.name + "_excluded.pkl")} ({len(rest)} excluded)')
+
+register('filter', add_filter, run_filter)

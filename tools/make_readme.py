@@ -1,10 +1,18 @@
-"""Write README.md from nbs/index.ipynb without Quarto (which `nbdev_readme` needs): markdown cells as they are,
-visible code cells as python blocks, `#| hide` cells dropped, directive lines stripped, PNG outputs saved to
-README_files/. Usage: python tools/make_readme.py [--check]  (--check: exit 1 if README.md is out of date)."""
-import base64, json, sys
+"""Write README.md from nbs/index.ipynb without Quarto (which `nbdev_readme` needs), following the directives the
+way nbdev + Quarto treat them on the site: markdown cells as they are; visible code cells as python blocks;
+`#| echo: false` cells show their outputs (pictures) without the code; `#| hide` and `#| include: false` cells are
+dropped, outputs included (nbdev drops them); `#| output: false` cells show the code only; directive lines stripped;
+PNG outputs saved to README_files/.
+Usage: python tools/make_readme.py [--check]  (--check: exit 1 if README.md is out of date)."""
+import base64, json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def directives(src):
+    "The cell's `#| name: value` directives as {name: value} (value '' for a flag such as `#| hide`)."
+    return {m.group(1): m.group(2).strip().lower() for m in re.finditer(r'^#\|\s*([\w-]+):?(.*)$', src, re.M)}
 
 
 def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
@@ -13,13 +21,14 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
     for cell in nb['cells']:
         src = ''.join(cell['source'])
         lines = src.splitlines()
-        directives = [l for l in lines if l.startswith('#|')]
         if cell['cell_type'] == 'markdown':
             parts.append(src.strip()); continue
-        if any('hide' in d for d in directives): show_code = False
-        else: show_code = True
+        d = directives(src)
+        if 'hide' in d or d.get('include') == 'false': continue  # not on the site: neither code nor outputs
+        show_code = d.get('echo') != 'false'
         code = '\n'.join(l for l in lines if not l.startswith('#|')).strip()
         if show_code and code: parts.append(f'```python\n{code}\n```')
+        if d.get('output') == 'false': continue
         for out in cell.get('outputs', []):
             data = out.get('data', {})
             if 'image/png' in data:

@@ -1,0 +1,468 @@
+"""The documentation site's pipeline, without Quarto (which cannot be installed here).
+
+`nbdev_docs` = nbdev's notebook processing (`proc_nbs`: show_doc pages, hidden cells dropped, directives) + `quarto
+render`. This test runs the first part exactly as nbdev does (`nbdev.serve._proc_file` + `nbdev.serve_drv.main`, the
+`FilterDefaults` processors, two spawned workers) on a copy of `nbs/`, renders every processed page to HTML with
+nbconvert the way Quarto would treat the stored outputs (directives honoured, plotly embedded, nothing fetched from the
+network), adds the sidebar from `nbs/sidebar.yml`, and opens every page in headless Chromium (Debian's `chromium`,
+driven through the DevTools protocol over `--remote-debugging-pipe`: no extra Python package): no JavaScript or
+console errors, every figure shown, every local link (sidebar, cross-page, nbdev's doc links) resolves to a page.
+Screenshots of the home page and one tutorial (or notebook) page go to `docs_check/` (git-ignored).
+
+Skips when chromium is missing, except in CI (`CI` set), where `.ci/run` installs it."""
+import ast, base64, json, os, re, shutil, subprocess, sys, threading, time, warnings
+from configparser import ConfigParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = Path(os.environ.get('DOCS_TEST_NBS', ROOT / 'nbs')).resolve()  # override: check a copy
+SHOTS = ROOT / 'docs_check'
+CHROMIUM = next((p for p in (shutil.which('chromium'), shutil.which('chromium-browser'), '/usr/bin/chromium')
+                 if p and Path(p).exists()), None)
+CFG = ConfigParser(delimiters=['=']); CFG.read(ROOT / 'settings.ini', encoding='utf-8'); CFG = CFG['DEFAULT']
+SITE_URL = CFG['doc_host'].rstrip('/') + CFG['doc_baseurl']  # nbdev's doc links point here
+
+
+def doc_notebooks():
+    "The notebooks nbdev renders: nbs/**/*.ipynb, skipping folders that start with _ or . (nbdev_sidebar's rule)."
+    return sorted(p.relative_to(NBS) for p in NBS.rglob('*.ipynb')
+                  if not any(s.startswith(('_', '.')) for s in p.relative_to(NBS).parts[:-1]))
+
+
+def out_name(rel):
+    "nbdev's output-file for a notebook (`00_fft.ipynb` -> `fft.html`), relative to nbs/."
+    from nbdev.frontmatter import _nbpath2html
+    return _nbpath2html(Path(rel)).as_posix()
+
+
+def sidebar_entries(items=None):
+    "(section or None, entry) for every page in nbs/sidebar.yml, in order."
+    if items is None: items = yaml.safe_load((NBS / 'sidebar.yml').read_text())['website']['sidebar']['contents']
+    out = []
+    for it in items:
+        if isinstance(it, str): out.append((None, it))
+        elif 'section' in it:
+            if it.get('href'): out.append((it['section'], it['href']))
+            out += [(s or it['section'], e) for s, e in sidebar_entries(it.get('contents', []))]
+        elif 'href' in it: out.append((None, it['href']))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configuration
+def test_quarto_config():
+    q = NBS / '_quarto.yml'
+    assert q.is_symlink() and q.resolve() == (ROOT / '_quarto.yml').resolve(), 'nbs/_quarto.yml must link ../_quarto.yml'
+    cfg = yaml.safe_load(q.read_text())
+    assert cfg['project']['type'] == 'website'
+    assert cfg['project'].get('output-dir', CFG['doc_path']) == CFG['doc_path']
+    assert set(cfg['metadata-files']) == {'nbdev.yml', 'sidebar.yml'}
+    for f in cfg['metadata-files']: assert (NBS / f).is_file(), f
+    assert (NBS / cfg['format']['html']['css']).is_file()
+    assert cfg['website']['sidebar']['style'] and 'contents' not in cfg['website']['sidebar']  # contents: sidebar.yml
+    # nbdev_docs rewrites nbs/nbdev.yml from settings.ini (refresh_quarto_yml): the committed file must be that text
+    from nbdev.quarto import _nbdev_yml
+    vals = {k: CFG[k] for k in ['title', 'description', 'branch', 'git_url', 'doc_host', 'doc_baseurl']}
+    assert (NBS / 'nbdev.yml').read_text() == _nbdev_yml.format(doc_path=Path(CFG['doc_path']).name, **vals)
+    # a hand-written sidebar is kept by nbdev_docs only with custom_sidebar = True
+    assert CFG.getboolean('custom_sidebar')
+
+
+def test_sidebar_lists_every_page():
+    entries = [e for _, e in sidebar_entries()]
+    nbs = [p.as_posix() for p in doc_notebooks()]
+    assert entries[0] == 'index.ipynb'
+    missing = [e for e in entries if not (NBS / e).is_file()]
+    assert not missing, f'sidebar.yml names pages that do not exist: {missing}'
+    dup = sorted({e for e in entries if entries.count(e) > 1})
+    assert not dup, f'sidebar.yml lists pages twice: {dup}'
+    absent = [n for n in nbs if n not in entries]
+    assert not absent, f'notebooks missing from nbs/sidebar.yml (add them, e.g. under a "Tutorials" section): {absent}'
+
+
+def test_doc_cells_keep_imports_apart():
+    "nbdev's doc processing runs every cell with an import; one that also computes is run in full (slow, or failing)."
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try: from split_doc_imports import offending_cells
+    finally: sys.path.pop(0)
+    bad = {str(p): offending_cells(NBS / p) for p in doc_notebooks()}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, ('cells mixing imports with other code, which nbdev_docs would execute (nbdev FAQ; move the imports '
+                     f'to an import-only cell, e.g. python tools/split_doc_imports.py nbs/X.ipynb): {bad}')
+
+
+def _directives(src):
+    return {m.group(1).strip(): m.group(2).strip() for m in re.finditer(r'^#\|\s*([\w-]+):?(.*)$', src, re.M)}
+
+
+def test_no_figure_dropped_from_the_site():
+    "nbdev drops `#| hide` cells whole, outputs included: a figure meant for the reader needs `#| echo: false`."
+    lost = []
+    for p in doc_notebooks():
+        for i, c in enumerate(json.loads((NBS / p).read_text())['cells']):
+            d = _directives(''.join(c['source']))
+            figs = [o for o in c.get('outputs', []) for k in o.get('data', {})
+                    if k.startswith('image/') or k == 'application/vnd.plotly.v1+json']
+            if figs and ('hide' in d or d.get('include') == 'false'): lost.append(f'{p} cell {i}')
+    assert not lost, f'figures in hidden cells never reach the site (use #| echo: false): {lost}'
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# nbdev's processing
+_PROC = r'''
+import json, sys, multiprocessing as mp
+from pathlib import Path
+from concurrent.futures import ProcessPoolExecutor
+import nbdev.serve, nbdev.serve_drv
+if __name__ == '__main__':
+    path, cache = Path('nbs').resolve(), Path('_proc').resolve()
+    files = [nbdev.serve._proc_file(p, cache, path) for p in sorted(path.rglob('*'))]
+    res = {}
+    with ProcessPoolExecutor(2, mp_context=mp.get_context('spawn')) as ex:   # as proc_nbs: spawn, n_workers
+        futs = {str(o[0].relative_to(path)): ex.submit(nbdev.serve_drv.main, o) for o in files if o}
+        for k, f in futs.items():
+            e = f.exception()
+            res[k] = None if e is None else f"{e}\n{str(e.__cause__)[-800:]}"
+    print('RESULT' + json.dumps(res))
+'''
+
+
+@pytest.fixture(scope='module')
+def processed(tmp_path_factory):
+    "A copy of the project's nbs/ processed by nbdev into <tmp>/_proc, as nbdev_docs does before `quarto render`."
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try: from split_doc_imports import offending_cells
+    finally: sys.path.pop(0)
+    if any(offending_cells(NBS / p) for p in doc_notebooks()):  # nbdev would run whole test cells: minutes
+        pytest.fail('not processed: cells mix imports with code (see test_doc_cells_keep_imports_apart)')
+    proj = tmp_path_factory.mktemp('docs_proj')
+    shutil.copy(ROOT / 'settings.ini', proj)
+    keep = shutil.ignore_patterns('.*', '_proc', '_docs', '*.mrc', '*.mrcs', '*.pkl', '*.pt', '*.cs', '*.star')
+    shutil.copytree(NBS, proj / 'nbs', symlinks=False, ignore=keep)  # data files are not pages
+    env = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONWARNINGS': 'ignore'}
+    t = time.time()
+    r = subprocess.run([sys.executable, '-c', _PROC], cwd=proj, env=env, capture_output=True, text=True, timeout=240)
+    out = [l for l in r.stdout.splitlines() if l.startswith('RESULT')]
+    assert r.returncode == 0 and out, f'nbdev processing crashed:\n{r.stderr[-3000:]}'
+    res = json.loads(out[-1][6:])
+    print(f'nbdev processing: {len(res)} notebooks in {time.time() - t:.1f} s')
+    return proj, res
+
+
+def test_nbdev_processing(processed):
+    proj, res = processed
+    assert sorted(res) == sorted(str(p) for p in doc_notebooks())
+    failed = {k: v for k, v in res.items() if v}
+    assert not failed, 'nbdev_docs would fail on:\n' + '\n\n'.join(f'{k}: {v}' for k, v in failed.items())
+    for p in doc_notebooks():
+        nb = json.loads((proj / '_proc' / p).read_text())
+        fm = yaml.safe_load(''.join(nb['cells'][0]['source']).strip().strip('-'))
+        assert fm['output-file'] == Path(out_name(p)).name and fm.get('title'), (p, fm)
+        src = json.loads((NBS / p).read_text())
+        if any(re.match(r'#\|\s*exports?\b', ''.join(c['source'])) for c in src['cells'] if c['cell_type'] == 'code'):
+            docs = [c for c in nb['cells'] if c['cell_type'] == 'code' and 'show_doc(' in ''.join(c['source'])]
+            assert docs and all(o.get('data', {}).get('text/markdown') for c in docs for o in c['outputs']), \
+                f'{p}: exported code but no rendered show_doc'
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HTML, as Quarto would show the stored outputs
+_TEMPLATE = r'''{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock -%}
+{% block jupyter_widgets %}{% endblock %}
+{%- block html_head_js_mathjax -%}{%- endblock -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock -%}
+{% block extra_css %}
+<link rel="stylesheet" href="{{ resources.site.root }}styles.css">
+{% if resources.site.plotly %}<script src="{{ resources.site.root }}plotly.min.js"></script>{% endif %}
+<style>
+  #site-nav { position: fixed; top: 0; left: 0; bottom: 0; width: 250px; overflow-y: auto; padding: 1rem;
+              background: #f7f7f9; border-right: 1px solid #ddd; font: 14px sans-serif; }
+  #site-nav ul { list-style: none; padding-left: 0.6rem; margin: 0.2rem 0 0.6rem 0; }
+  #site-nav .section { font-weight: bold; margin-top: 0.6rem; }
+  #site-nav a.active { font-weight: bold; }
+  main { margin-left: 270px; }
+  header.page-title h1 { margin-bottom: 0.2rem; }
+</style>
+{% endblock extra_css %}
+{%- block body_header -%}
+<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
+<nav id="site-nav">{{ resources.site.nav }}</nav>
+<main>
+<header class="page-title"><h1>{{ resources.site.title | e }}</h1>
+{% if resources.site.description %}<div class="description">{{ resources.site.description | e }}</div>{% endif %}
+</header>
+{%- endblock body_header -%}
+'''
+
+PLOTLY_MIME = 'application/vnd.plotly.v1+json'
+WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
+
+
+def _quartoish(nb):
+    "Apply what Quarto does with a processed notebook's directives; return (notebook, frontmatter, problems, figures)."
+    import nbformat
+    fm, problems, figs = {}, [], 0
+    cells = []
+    for c in nb.cells:
+        if c.cell_type == 'raw' and c.source.startswith('---'):
+            fm = yaml.safe_load(c.source.strip().strip('-')) or {}; continue
+        if c.cell_type != 'code': cells.append(c); continue
+        d = _directives(c.source)
+        if d.get('include') == 'false': continue
+        src = '\n'.join(l for l in c.source.splitlines() if not l.startswith('#|')).strip()
+        if d.get('output') == 'false': c.outputs = []
+        if d.get('output') == 'asis':  # raw markdown for the page (show_doc)
+            md = ''.join(o.get('data', {}).get('text/markdown', '') for o in c.outputs)
+            md = re.sub(r'\{target="_blank"[^}]*\}', '', md)  # pandoc link attributes
+            if d.get('echo') != 'false' and src: cells.append(nbformat.v4.new_code_cell(src))
+            if md.strip(): cells.append(nbformat.v4.new_markdown_cell(md))
+            continue
+        c.source = src
+        if d.get('echo') == 'false' or not src: c.metadata.setdefault('tags', []).append('remove_input')
+        for o in c.outputs:
+            data = o.get('data', {})
+            data.pop(WIDGET_MIME, None)  # widget state needs the html-manager from a CDN; text/plain is the fallback
+            if PLOTLY_MIME in data and 'text/html' not in data:
+                problems.append(f'cell {c.get("id")}: plotly figure stored only as {PLOTLY_MIME}; Quarto cannot show '
+                                "it. Execute with pio.renderers.default = 'notebook' so the HTML is stored")
+            html = data.get('text/html', '')
+            html = ''.join(html) if isinstance(html, list) else html
+            if re.search(r'<script[^>]+src="https?://[^"]*plotly', html):
+                problems.append(f'cell {c.get("id")}: plotly.js loaded from a CDN (notebook_connected); the figure '
+                                "needs the network. Use pio.renderers.default = 'notebook'")
+            if 'Plotly.newPlot' in html or PLOTLY_MIME in data: figs += 1
+            figs += sum(k.startswith('image/') for k in data)
+        cells.append(c)
+    nb.cells = cells
+    nb.metadata.pop('widgets', None)
+    return nb, fm, problems, figs
+
+
+def _nav(entries, titles, here):
+    "The sidebar from sidebar.yml as nested HTML lists, links relative to the page `here`."
+    depth = here.count('/')
+    html, cur = ['<ul>'], None
+    for sec, e in entries:
+        if sec != cur:
+            if cur is not None: html.append('</ul></li>')
+            if sec is not None: html.append(f'<li class="section">{sec}<ul>')
+            cur = sec
+        href = '../' * depth + out_name(e)
+        cls = ' class="active"' if out_name(e) == here else ''
+        html.append(f'<li><a{cls} href="{href}">{titles.get(e, e)}</a></li>')
+    if cur is not None: html.append('</ul></li>')
+    return ''.join(html + ['</ul>'])
+
+
+@pytest.fixture(scope='module')
+def site(processed, tmp_path_factory):
+    "Every processed page rendered to <tmp>/site/<output-file> with nbconvert; returns (site dir, {page: info})."
+    import nbformat
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+    proj, res = processed
+    if any(res.values()): pytest.fail('nbdev processing failed (see test_nbdev_processing)')
+    site = tmp_path_factory.mktemp('site')
+    tpl = site.parent / 'site_template'; tpl.mkdir(exist_ok=True)
+    (tpl / 'index.html.j2').write_text(_TEMPLATE)
+    (tpl / 'conf.json').write_text(json.dumps({'base_template': 'lab', 'mimetypes': {'text/html': True}}))
+    exp = HTMLExporter(extra_template_basedirs=[str(tpl.parent)], template_name=tpl.name)
+    trp = TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True)
+    exp.register_preprocessor(trp, enabled=True)
+    nbs, titles, pages = {}, {}, {}
+    for p in doc_notebooks():
+        nb, fm, problems, figs = _quartoish(nbformat.read(proj / '_proc' / p, as_version=4))
+        nbs[p.as_posix()] = (nb, fm, problems, figs)
+        titles[p.as_posix()] = fm.get('title', p.stem)
+    entries = sidebar_entries()
+    need_plotly = False
+    t = time.time()
+    for rel, (nb, fm, problems, figs) in nbs.items():
+        here = out_name(rel)
+        root = '../' * here.count('/')
+        outs = [json.dumps(o.get('data', {})) for c in nb.cells for o in c.get('outputs', [])]
+        # plotly's 'notebook' renderer stores plotly.js inline with the first figure; otherwise serve a local copy
+        plotly = any('Plotly.newPlot' in o for o in outs) and not any('plotly.js v' in o for o in outs)
+        need_plotly |= plotly
+        site_res = dict(root=root, nav=_nav(entries, titles, here), title=fm.get('title', rel),
+                        description=fm.get('description', ''), plotly=plotly)
+        html, _ = exp.from_notebook_node(nb, resources={'site': site_res, 'metadata': {'name': fm.get('title', rel)}})
+        # links: nbdev's doc links (absolute, to the site) and .ipynb links become the local pages, as on the site
+        html = html.replace(f'href="{SITE_URL}/', f'href="{root}')
+        html = re.sub(r'href="([^":#]+)\.ipynb(#[^"]*)?"',
+                      lambda m: f'href="{Path(out_name(m.group(1) + ".ipynb")).as_posix()}{m.group(2) or ""}"', html)
+        (site / here).parent.mkdir(parents=True, exist_ok=True)
+        (site / here).write_text(html, encoding='utf-8')
+        pages[here] = dict(nb=rel, problems=problems, figures=figs, title=fm.get('title'))
+    shutil.copy(NBS / 'styles.css', site / 'styles.css')
+    if need_plotly:
+        import plotly
+        shutil.copy(Path(plotly.__file__).parent / 'package_data' / 'plotly.min.js', site / 'plotly.min.js')
+    print(f'rendered {len(pages)} pages in {time.time() - t:.1f} s to {site}')
+    return site, pages
+
+
+def test_pages_rendered(site):
+    d, pages = site
+    assert set(pages) == {out_name(p) for p in doc_notebooks()} and 'index.html' in pages
+    problems = {k: v['problems'] for k, v in pages.items() if v['problems']}
+    assert not problems, problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# headless Chromium over the DevTools pipe
+class Chrome:
+    "Minimal DevTools-protocol client over `--remote-debugging-pipe` (fd 3: commands in, fd 4: replies out)."
+
+    def __init__(self, user_dir):
+        cin_r, self._w = os.pipe()
+        self._r, cout_w = os.pipe()
+
+        def fds():
+            os.dup2(cin_r, 3); os.dup2(cout_w, 4)
+        args = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--remote-debugging-pipe',
+                '--no-first-run', '--no-default-browser-check', '--disable-extensions', '--mute-audio',
+                '--allow-file-access-from-files', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost',
+                f'--user-data-dir={user_dir}', '--window-size=1280,900', '--hide-scrollbars', 'about:blank']
+        self.proc = subprocess.Popen(args, preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.close(cin_r); os.close(cout_w)
+        self._id, self._replies, self.events = 0, {}, []
+        self._cv = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        buf = b''
+        while True:
+            chunk = os.read(self._r, 1 << 20)
+            if not chunk: break
+            buf += chunk
+            *msgs, buf = buf.split(b'\0')
+            with self._cv:
+                for m in msgs:
+                    m = json.loads(m)
+                    if 'id' in m: self._replies[m['id']] = m
+                    else: self.events.append(m)
+                self._cv.notify_all()
+
+    def send(self, method, session=None, timeout=30, **params):
+        self._id += 1
+        i = self._id
+        msg = {'id': i, 'method': method, 'params': params}
+        if session: msg['sessionId'] = session
+        os.write(self._w, json.dumps(msg).encode() + b'\0')
+        with self._cv:
+            if not self._cv.wait_for(lambda: i in self._replies, timeout):
+                raise TimeoutError(method)
+            r = self._replies.pop(i)
+        if 'error' in r: raise RuntimeError(f'{method}: {r["error"]}')
+        return r['result']
+
+    def wait_event(self, method, session, since, timeout=30):
+        with self._cv:
+            ok = self._cv.wait_for(lambda: any(e['method'] == method and e.get('sessionId') == session
+                                               for e in self.events[since:]), timeout)
+        if not ok: raise TimeoutError(method)
+
+    def close(self):
+        try: self.send('Browser.close', timeout=5)
+        except Exception: pass
+        try: self.proc.wait(10)
+        except subprocess.TimeoutExpired: self.proc.kill()
+
+
+_PROBE = r'''(() => {
+  const imgs = [...document.images].map(i => ({src: i.src.slice(0, 80), ok: i.complete && i.naturalWidth > 0}));
+  const plots = [...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('.main-svg'));
+  const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
+  const nav = [...document.querySelectorAll('#site-nav a')].length;
+  return {imgs, plots, links, nav, h1: (document.querySelector('h1') || {}).textContent,
+          height: document.documentElement.scrollHeight, ready: document.readyState};
+})()'''
+
+
+def _errors(events, session):
+    "JavaScript exceptions, console errors, failed local loads; external (network) failures are returned apart."
+    errs, external = [], []
+    for e in events:
+        if e.get('sessionId') != session: continue
+        m, p = e['method'], e.get('params', {})
+        if m == 'Runtime.exceptionThrown':
+            d = p['exceptionDetails']
+            errs.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}"[:300])
+        elif m == 'Runtime.consoleAPICalled' and p['type'] == 'error':
+            errs.append('console.error: ' + ' '.join(str(a.get('value', a.get('description'))) for a in p['args'])[:300])
+        elif m == 'Log.entryAdded' and p['entry']['level'] == 'error':
+            url = p['entry'].get('url', '')
+            (external if url.startswith(('http:', 'https:')) else errs).append(f"{p['entry']['text']} {url}"[:300])
+    return errs, external
+
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    if CHROMIUM is None:
+        if os.environ.get('CI'): pytest.fail('chromium is missing in CI (.ci/run installs it with apt-get)')
+        pytest.skip('chromium not installed (apt-get install -y chromium); the docs browser check is skipped')
+    c = Chrome(tmp_path_factory.mktemp('chrome_profile'))
+    try:
+        c.send('Browser.getVersion', timeout=60)
+        yield c
+    finally:
+        c.close()
+
+
+def _shot(c, session, path, height):
+    h = max(900, min(int(height), 4000))
+    c.send('Emulation.setDeviceMetricsOverride', session, width=1280, height=h, deviceScaleFactor=1, mobile=False)
+    png = c.send('Page.captureScreenshot', session, format='png', captureBeyondViewport=True, timeout=60)['data']
+    path.write_bytes(base64.b64decode(png))
+    c.send('Emulation.setDeviceMetricsOverride', session, width=1280, height=900, deviceScaleFactor=1, mobile=False)
+
+
+def test_pages_in_chromium(site, browser):
+    d, pages = site
+    c = browser
+    target = c.send('Target.createTarget', url='about:blank')['targetId']
+    s = c.send('Target.attachToTarget', targetId=target, flatten=True)['sessionId']
+    for dom in ('Page', 'Runtime', 'Log'): c.send(f'{dom}.enable', s)
+    tutorials = sorted(p for p in pages if p.startswith('tutorials/'))
+    shot_page = tutorials[0] if tutorials else max((p for p in pages if p != 'index.html'),
+                                                   key=lambda p: pages[p]['figures'])
+    SHOTS.mkdir(exist_ok=True)
+    failures, external, t = [], {}, time.time()
+    for page, info in sorted(pages.items()):
+        n0 = len(c.events)
+        c.send('Page.navigate', s, url=(d / page).as_uri())
+        c.wait_event('Page.loadEventFired', s, n0)
+        for _ in range(50):  # images decoded and plotly drawn
+            r = c.send('Runtime.evaluate', s, expression=_PROBE, returnByValue=True)['result']['value']
+            if all(i['ok'] for i in r['imgs']) and all(r['plots']): break
+            time.sleep(0.1)
+        errs, ext = _errors(c.events[n0:], s)
+        if ext: external[page] = ext
+        bad_img = [i['src'] for i in r['imgs'] if not i['ok']]
+        shown = sum(i['ok'] for i in r['imgs']) + sum(r['plots'])
+        broken = []
+        for href in r['links']:
+            u = urlparse(href)
+            if u.scheme == 'file' and not Path(unquote(u.path)).is_file(): broken.append(href)
+        if errs: failures.append(f'{page}: {errs}')
+        if bad_img: failures.append(f'{page}: images not loaded {bad_img}')
+        if not all(r['plots']): failures.append(f'{page}: {r["plots"].count(False)} plotly figures not drawn')
+        if shown < info['figures']: failures.append(f'{page}: {shown} of {info["figures"]} figures shown')
+        if broken: failures.append(f'{page}: links to missing pages {sorted(set(broken))}')
+        if r['nav'] < len(pages): failures.append(f'{page}: sidebar has {r["nav"]} links for {len(pages)} pages')
+        if not r['h1'] or r['h1'].strip() != (info['title'] or '').strip():
+            failures.append(f'{page}: title {r["h1"]!r}, expected {info["title"]!r}')
+        if page in ('index.html', shot_page):
+            _shot(c, s, SHOTS / (page.replace('/', '_').replace('.html', '.png')), r['height'])
+    print(f'chromium: {len(pages)} pages in {time.time() - t:.1f} s; screenshots in {SHOTS}: index.png, '
+          f'{shot_page.replace("/", "_").replace(".html", ".png")}')
+    if external: print('external resources not loaded (offline by design):', json.dumps(external, indent=1)[:2000])
+    c.send('Target.closeTarget', targetId=target)
+    assert not failures, '\n'.join(failures)
