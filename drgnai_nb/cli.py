@@ -634,6 +634,8 @@ def run_train(args):
     tr.fit()
     e = tr.epoch
     if tr.is_main: print(f'done: {out}/reconstruct.{e}.mrc, {out}/pose.{e}.pkl' + (f', {out}/z.{e}.pkl' if cfg.zdim else ''))
+    if tr.world > 1:  # leave the process group cleanly (torchrun)
+        from drgnai_nb.distributed import _leave; _leave()
 
 register('train', add_train, run_train)
 
@@ -885,3 +887,6 @@ def run_filter(args):
     print(f'  {Path(args.outdir) / (args.name + "_excluded.pkl")} ({len(rest)} excluded)')
 
 register('filter', add_filter, run_filter)
+
+# %% ../nbs/20_cli.ipynb #af70e32f
+if __name__ == '__main__' and Path(sys.argv[0]).name == 'cli.py': sys.exit(main())  # not when a notebook runs this cell

@@ -471,7 +471,7 @@ class Trainer:
             b = slice(s, s + cfg.batch_size_hps)
             loss = self.loss(idx[b], y[b], R[b], t[b], self._z(idx[b]), self.mask_radius(self.epoch))
             self._step(loss, f'epoch {self.epoch}, pose search', tables=False)
-            self._infer_z(idx[b], y[b], R[b], t[b])
+            if self.cfg.z_init == 'random': self._infer_z(idx[b], y[b], R[b], t[b])  # else z is set when the SGD phase opens
             losses.append(loss.item())
         return losses
 
