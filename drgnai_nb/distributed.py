@@ -86,7 +86,10 @@ def dist_env()->tuple: # (rank, world, local_rank)
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
 
 def _leave():
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    "Leave the process group: wait for every rank first, so no rank tears down a connection another still uses."
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 def init_distributed(device:str='auto', # the config's device: 'auto', 'cpu', 'cuda', 'cuda:N'
                     )->tuple: # (rank, world, local_rank, backend)
