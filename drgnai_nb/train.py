@@ -116,7 +116,7 @@ class TrainConfig:
         'gpu': {},  # DRGN-AI's defaults
         'cpu': dict(dim=128, pe_dim=32, base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0,
                     lr=1e-3, n_imgs_pretrain=2000, n_imgs_pose_search=6000, epochs_sgd=8, batch_size_hps=8,
-                    hps_search_batch=64, batch_size_sgd=32, batch_size_known_poses=32, refine_every=1, z_steps=4, z_init='variability'),
+                    hps_search_batch=64, batch_size_sgd=32, batch_size_known_poses=32, refine_every=1, z_init='variability', lr_conf_table=1e-3),
     }
 
     @classmethod

@@ -2,7 +2,8 @@
 way nbdev + Quarto treat them on the site: markdown cells as they are; visible code cells as python blocks;
 `#| echo: false` cells show their outputs (pictures) without the code; `#| hide` and `#| include: false` cells are
 dropped, outputs included (nbdev drops them); `#| output: false` cells show the code only; directive lines stripped;
-PNG outputs saved to README_files/.
+PNG outputs saved to README_files/; relative links to notebooks (`tutorials/x.ipynb`, `12_train.ipynb`), which the
+docs site resolves from nbs/, are rewritten to `nbs/...` so they also resolve from the repository root.
 Usage: python tools/make_readme.py [--check]  (--check: exit 1 if README.md is out of date)."""
 import base64, json, re, sys
 from pathlib import Path
@@ -15,6 +16,11 @@ def directives(src):
     return {m.group(1): m.group(2).strip().lower() for m in re.finditer(r'^#\|\s*([\w-]+):?(.*)$', src, re.M)}
 
 
+def _repo_links(md):
+    "Markdown links to notebooks relative to nbs/ (the site's root) rewritten relative to the repository root."
+    return re.sub(r'\]\((?!https?:|/|#|nbs/)([^)\s]+\.ipynb(?:#[^)]*)?)\)', r'](nbs/\1)', md)
+
+
 def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
     nb = json.loads(Path(nb_path).read_text())
     parts, images = [], {}
@@ -22,7 +28,7 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb'):
         src = ''.join(cell['source'])
         lines = src.splitlines()
         if cell['cell_type'] == 'markdown':
-            parts.append(src.strip()); continue
+            parts.append(_repo_links(src.strip())); continue
         d = directives(src)
         if 'hide' in d or d.get('include') == 'false': continue  # not on the site: neither code nor outputs
         show_code = d.get('echo') != 'false'
