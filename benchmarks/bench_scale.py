@@ -10,6 +10,7 @@ end-to-end time of a short ab initio run on a simulated set at box 128; and the 
 `rss` writes random images, random poses and CTF parameters to --dir (check `df -h` first; deleted afterwards unless
 --keep), then runs one epoch of mode 'fixed' with a tiny decoder in a fresh process per size and reports its peak
 resident set (VmHWM: anonymous + file-backed pages, i.e. memory-mapped pages touched count) and the growth.
+`--reader mmap` reads through the memory map instead of the default positioned reads (TrainConfig.reader).
 """
 import argparse, json, math, os, resource, shutil, subprocess, sys, time
 from pathlib import Path
@@ -49,14 +50,10 @@ def rss_child(a):
     import torch
     from drgnai_nb.train import TrainConfig, Trainer
     torch.set_num_threads(a.threads)
-    if a.reader == 'pread':  # positioned reads instead of memory maps, for every stack the trainer opens
-        import drgnai_nb.data
-        from drgnai_nb.distributed import PreadStack
-        drgnai_nb.data.MRCStack = PreadStack
     d = Path(a.data)
     cfg = TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
                              mode='fixed', dim=32, pe_dim=8, layers=1, epochs_sgd=1, batch_size_known_poses=a.batch,
-                             lazy=True, device='cpu', checkpoint_every=1,
+                             lazy=True, reader=a.reader, device='cpu', checkpoint_every=1,
                              # a 4-px loss radius: the decoder costs nothing, the epoch is reading + preprocessing
                              output_mask='frequency_marching', l_start_fm=a.radius, n_frequencies_per_epoch=0)
     import threading
@@ -118,7 +115,7 @@ def speed(a):
     base = {**TrainConfig.PRESETS[a.preset], 'preset': a.preset, 'particles': str(data / 'particles.mrcs'),
             'ctf': str(data / 'ctf.pkl'), 'device': a.device, 'n_imgs_pretrain': a.n, 'n_imgs_pose_search': a.n,
             'epochs_sgd': a.epochs_sgd, 'refine_every': 0}
-    if a.amp: base['amp'] = a.amp  # only once TrainConfig has the field (see drgnai_nb.distributed)
+    if a.amp: base['amp'] = a.amp  # TrainConfig.amp (default 'auto': off on the CPU)
     cfg = TrainConfig.from_dict(parse_set(base, a.set))
     if a.nproc > 1:  # the same run through torchrun: DistributedDataParallel over a.nproc processes
         import yaml
@@ -179,11 +176,11 @@ def main(argv=None):
     r.add_argument('--sizes', type=int, nargs='+', default=[10000, 100000]); r.add_argument('-D', type=int, default=128)
     r.add_argument('--dir', default='/tmp/drgnai_bench_rss'); r.add_argument('--keep', action='store_true')
     r.add_argument('--threads', type=int, default=1); r.add_argument('--batch', type=int, default=64)
-    r.add_argument('--reader', choices=['mmap', 'pread'], default='mmap', help="'pread': drgnai_nb.distributed.PreadStack")
+    r.add_argument('--reader', choices=['pread', 'mmap'], default='pread', help="TrainConfig.reader: positioned reads (default) or the memory map")
     r.add_argument('--radius', type=int, default=4, help='loss radius, px (small: the epoch measures reading, not the decoder)')
     c = sub.add_parser('_rss_child'); c.add_argument('--data'); c.add_argument('--threads', type=int, default=1)
     c.add_argument('--batch', type=int, default=64); c.add_argument('--radius', type=int, default=4)
-    c.add_argument('--reader', default='mmap')
+    c.add_argument('--reader', default='pread')
     a = p.parse_args(argv)
     {'speed': speed, 'rss': rss, '_rss_child': rss_child}[a.cmd](a)
 
