@@ -101,6 +101,8 @@ class TrainConfig:
     reader: str = 'pread' # lazy reads: 'pread' (positioned reads: memory = the batch) or 'mmap' (memory map; touched pages count toward the resident set)
     shuffle_chunk: int = 0 # 0: a fresh random order of all particles each epoch; K > 0: shuffling buffer, chunks of K consecutive particles (slow disks)
     shuffle_buffer: int = 16 # chunks shuffled together when shuffle_chunk > 0
+    decode_max_elems: int = 2**24 # peak memory of decoding: batch × points × width of activations held at once (4 bytes each, ×~3 with gradients)
+    search_max_elems: int = 2**26 # peak memory of the pose search: images × shifts × rotations scored at once
     # --- what is reconstructed
     mode: str = 'abinit' # 'abinit' (search poses), 'refine' (start from --poses), 'fixed' (use --poses)
     zdim: int = 0 # conformation size; 0 = homogeneous
@@ -139,6 +141,7 @@ class TrainConfig:
     z_init: str = 'random' # heterogeneous runs: 'random' (DRGN-AI) or 'variability' (principal 3-D variability of the residuals, set once poses are known)
     z_steps: int = 0 # heterogeneous runs: extra conformation-only steps per batch with the decoder frozen (0: DRGN-AI's one)
     z_steps_radius: int = 0 # band limit of those steps, px (0: D/4; conformational changes live at low resolution)
+    z_reestimate: bool = False # with z_init='variability': estimate z again after each pose-refinement pass of the SGD phase's second half (better poses give better z), rotated onto the current z
     hps_z_groups: int = 4 # heterogeneous runs: conformation groups per search batch (each searched against its mean z)
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
     # --- loss mask
@@ -174,19 +177,21 @@ class TrainConfig:
         if self.amp not in AMP_MODES: bad('amp', f'one of {AMP_MODES}')
         if self.reader not in MRC_READERS: bad('reader', f'one of {MRC_READERS}')
         if self.shuffle_chunk < 0: bad('shuffle_chunk', 'an integer >= 0 (0: full shuffle)')
+        if self.decode_max_elems < 2**16 or self.search_max_elems < 2**10: bad('decode_max_elems', 'decode_max_elems >= 65536 and search_max_elems >= 1024')
         if self.shuffle_buffer < 1: bad('shuffle_buffer', 'an integer >= 1')
         self.hps  # validates the search settings
 
     @property
     def hps(self)->HPSConfig:
         return HPSConfig(base_order=self.base_order, n_levels=self.n_levels, l_start=self.l_start, l_end=self.l_end,
-                         n_kept=self.n_kept, t_extent=self.t_extent, t_n_grid=self.t_n_grid)
+                         n_kept=self.n_kept, t_extent=self.t_extent, t_n_grid=self.t_n_grid, max_chunk=self.search_max_elems)
 
     PRESETS = {
         'gpu': {},  # DRGN-AI's defaults
         'cpu': dict(dim=128, pe_dim=32, base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0,
                     lr=1e-3, n_imgs_pretrain=2000, n_imgs_pose_search=6000, epochs_sgd=8, batch_size_hps=8,
-                    hps_search_batch=64, batch_size_sgd=32, batch_size_known_poses=32, refine_every=1, z_init='variability', lr_conf_table=1e-3),
+                    hps_search_batch=64, batch_size_sgd=32, batch_size_known_poses=32, refine_every=1, z_init='variability', lr_conf_table=1e-3,
+                    z_reestimate=True),
     }
 
     @classmethod
@@ -333,6 +338,8 @@ class Trainer:
         self.opt_conf = torch.optim.SparseAdam(list(self.conf.parameters()), lr=cfg.lr_conf_table)
         # --- mixed precision: the decoder under autocast, losses and scores in float32, fp16 gradients scaled
         self.amp, self.amp_dtype = cfg.amp, amp_dtype(self.device, cfg.amp)
+        import drgnai_nb.models as _models
+        _models.DECODE_MAX_ELEMS = cfg.decode_max_elems  # every decoder evaluation of this process is chunked to this bound
         self.scaler, self.scaler_z = AmpScaler(self.device, cfg.amp), AmpScaler(self.device, cfg.amp)  # z-only steps: their own scale
         # --- schedule: epochs 0..n_hps-1 search poses, then SGD epochs
         self.n_hps_epochs = math.ceil(cfg.n_imgs_pose_search / self.N) if cfg.mode == 'abinit' else 0
@@ -432,10 +439,16 @@ class Trainer:
             for p in params: p.requires_grad_(True)
 
     @torch.no_grad()
-    def variability_init(self, n_iter:int=8, max_particles:int=20000)->np.ndarray:
+    def variability_init(self,
+                         n_iter:int=8, # alternating least-squares iterations
+                         max_particles:int=20000, # particles (a random subset) the components are estimated from
+                         align:bool=False, # rotate the new amplitudes onto the current z (orthogonal Procrustes) instead of replacing its axes
+                        )->np.ndarray:
         """Set z from the principal 3-D variability of the residuals (poses held fixed), like a 3-D variability analysis:
         components Δ_k (voxel Hartley volumes, band-limited to `z_steps_radius`) and per-particle amplitudes a_ik with
-        y_i ≈ C_i P_i (V̄ + Σ_k a_ik Δ_k), by alternating least squares. Returns the amplitudes (N, K)."""
+        y_i ≈ C_i P_i (V̄ + Σ_k a_ik Δ_k), by alternating least squares. Particles the mean map does not explain at all
+        (junk: a clearly separate low mode of the log fit gain log(|y|² − |y − C P V̄|²), `analysis.junk_by_fit`) are left
+        out of the components, else the main variability would be junk against particles. Returns the amplitudes (N, K)."""
         from drgnai_nb.forward import VoxelBackprojector
         cfg, D = self.cfg, self.D
         K = min(cfg.zdim, 3)
@@ -452,10 +465,16 @@ class Trainer:
             R, t = self.current_poses_of(idx)
             yt = self.lat.translate_ht(y, t, mask=m)
             c = self._ctf(idx, m)
-            return yt - c * mean.slices(R[None], self.lat.coords[m])[0], c, R, idx
+            res = yt - c * mean.slices(R[None], self.lat.coords[m])[0]
+            return res, c, R, idx, (yt ** 2).sum(1) - (res ** 2).sum(1)
         parts = [residuals(sub[s:s + 256]) for s in range(0, len(sub), 256)]
-        r = torch.cat([p[0] for p in parts]); c = torch.cat([p[1] for p in parts])
-        R = torch.cat([p[2] for p in parts]); idx = torch.cat([p[3] for p in parts])
+        r, c, R, idx, gain = [torch.cat([p[j] for p in parts]) for j in range(5)]
+        from drgnai_nb.analysis import junk_by_fit
+        gain = gain.double().cpu().numpy()
+        junk = junk_by_fit(np.log(np.clip(gain, 1e-6 * max(gain.max(), 1e-30), None)), seed=cfg.seed)[0]
+        if junk.any() and (~junk).sum() >= 2 * K:
+            good = torch.as_tensor(~junk, device=r.device)
+            r, c, R, idx = r[good], c[good], R[good], idx[good]
         ctfp = None if self.ctf is None else self.ctf[idx.cpu()].to(self.device)
         def backproject(weights):  # (B, K) -> K voxel Hartley volumes from the residuals weighted by `weights`
             vols = []
@@ -480,14 +499,21 @@ class Trainer:
             a = amplitudes(vols, r, c, R)
         full = []
         for s in range(0, self.N, 256):  # every particle's amplitudes against the components
-            rr, cc, RR, _ = residuals(np.arange(s, min(self.N, s + 256)))
+            rr, cc, RR, _, _ = residuals(np.arange(s, min(self.N, s + 256)))
             full.append(amplitudes(vols, rr, cc, RR))
         a = torch.cat(full)
-        a = (a - a.mean(0)) / a.std(0).clamp(min=1e-12)
+        a = a - a.mean(0)  # principal axes of the amplitudes, in decreasing variance, scaled by the first one's spread:
+        a = a @ torch.linalg.svd(a.T @ a)[0]  # weak components (mostly noise) stay small instead of being blown up
+        a = a / a[:, 0].std().clamp(min=1e-12)
         w = self.conf.weight
+        if align:  # keep the decoder's learned z axes: the rotation (and signs) that best maps the new amplitudes onto them
+            old = w[:, :K] - w[:, :K].mean(0)
+            U, _, Vh = torch.linalg.svd(a.T @ (old / old.std(0).clamp(min=1e-12)))
+            a = a @ (U @ Vh)
         w[:, :K] = a * cfg.std_z_init * 5  # a spread well above the initial noise
         self.model.train()
-        self.log(f'conformations initialised from the {K} principal variability components (band limit {radius} px)')
+        self.log(f'conformations {"re-estimated" if align else "initialised"} from the {K} principal variability components '
+                 f'(band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
         return a.cpu().numpy()
 
     def current_poses_of(self, idx:Tensor)->tuple: # (R (B,3,3), t (B,2) pixels)
@@ -656,6 +682,10 @@ class Trainer:
                 self._sync_tables()
             if z_now:  # poses are known from here on: start z from the data's main variability
                 self.variability_init()
+                self._sync_tables()
+            elif (self.cfg.zdim > 0 and self.cfg.z_init == 'variability' and self.cfg.z_reestimate and self.phase(e) == 'sgd'
+                  and self.cfg.refine_every and k % self.cfg.refine_every == 0 and k >= max(1, self.cfg.epochs_sgd // 2)):
+                self.variability_init(align=True)  # the poses just refined: estimate z again from them
                 self._sync_tables()
             self.run_epoch(e)
             self._sync_tables()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from drgnai_nb.io import load_poses, read_mrc
+from drgnai_nb.io import load_poses, read_mrc, DrgnaiInputError
 from drgnai_nb.simulate import SimConfig, simulate_to_dir
 from drgnai_nb.so3 import geodesic_distance
 from drgnai_nb.train import TrainConfig, Trainer, train, latest_epoch
@@ -123,3 +123,20 @@ def test_readers_and_shuffling_buffer(data, tmp_path, monkeypatch):
     allseen = np.concatenate(seen)
     assert sorted(allseen.tolist()) == list(range(128))
     assert all(len(set(s // 8)) <= 2 for s in seen)  # a batch of 16 from a buffer of 2 chunks of 8
+
+
+def test_decode_budget_chunks_without_changing_results():
+    "TrainConfig.decode_max_elems bounds decoder activations per call; chunked slices equal unchunked ones."
+    import drgnai_nb.models as M
+    from drgnai_nb.lattice import Lattice
+    from drgnai_nb.so3 import random_rotations
+    from drgnai_nb.train import TrainConfig
+    m = M.make_volume(M.VolumeConfig(16, z_dim=2, hidden_dim=32, pe_dim=8)); m.eval()
+    lat, R = Lattice(17), random_rotations(5, torch.Generator().manual_seed(0))
+    z = torch.randn(5, 2)
+    with torch.no_grad():
+        full = M.render_slices(m, lat.coords, R, z, max_elems=2**30)
+        small = M.render_slices(m, lat.coords, R, z, max_elems=2**12)  # 64-point chunks
+    torch.testing.assert_close(full, small, atol=1e-5, rtol=1e-5)
+    assert TrainConfig(particles='x', search_max_elems=2**20).hps.max_chunk == 2**20
+    with pytest.raises(DrgnaiInputError, match='decode_max_elems'): TrainConfig(particles='x', decode_max_elems=100)

@@ -65,6 +65,35 @@ def test_variability_init_finds_states(tiny, tmp_path):
     _, a = conformation_groups(torch.as_tensor(z), 2)
     acc = cluster_accuracy(load_pkl(tiny / 'labels.pkl'), a.numpy())
     assert acc >= 0.9, f'2-means of z matches the states on {acc:.2f} of particles'
+    # estimating z again (z_reestimate) keeps the decoder's axes: the new z is the old one up to noise, not a new basis
+    old = tr.z_all().copy()
+    tr.variability_init(align=True)
+    new = tr.z_all()
+    assert 're-estimated' in (tmp_path / 'run/run.log').read_text()
+    c = np.corrcoef(old[:, :2].T, new[:, :2].T)[:2, 2:]
+    assert np.all(np.diag(c) > 0.6) and np.all(np.diag(c) > np.abs(c[::-1].diagonal())), f'old/new z axes correlate as {c}'
+    acc2 = cluster_accuracy(load_pkl(tiny / 'labels.pkl'), conformation_groups(torch.as_tensor(new), 2)[1].numpy())
+    assert acc2 >= 0.75, f"re-estimated z: 2-means matches the states on {acc2:.2f} (64 images: noisy)"
+
+
+def test_variability_init_leaves_out_junk(tmp_path):
+    "Junk particles (a separate low mode of the fit gain) are left out of the variability components."
+    from drgnai_nb.simulate import SimConfig, simulate_to_dir
+    from drgnai_nb.metrics import cluster_accuracy
+    from drgnai_nb.train import conformation_groups
+    d = tmp_path / 'sim'
+    simulate_to_dir(SimConfig(n_images=160, D=24, snr=2.0, seed=1, shift_px=1.0, heterogeneity='discrete', n_states=2,
+                              junk_fraction=0.3), d, progress=False)
+    cfg = TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
+                             mode='fixed', zdim=2, epochs_sgd=2, dim=32, pe_dim=8, z_steps_radius=6, batch_size_known_poses=16)
+    tr = train(cfg, tmp_path / 'run', progress=False)
+    log = (tmp_path / 'run/run.log').read_text()
+    n_out = int(log.split('particles left out as junk')[0].split(';')[-1].split(' of ')[0])
+    lab = load_pkl(d / 'labels.pkl')
+    assert abs(n_out - (lab == -1).sum()) <= 0.3 * (lab == -1).sum(), f'{n_out} left out, {(lab == -1).sum()} junk'
+    ok = lab >= 0
+    acc = cluster_accuracy(lab[ok], conformation_groups(torch.as_tensor(tr.z_all()[ok]), 2)[1].numpy())
+    assert acc >= 0.8, f'2-means of the particles\' z matches the states on {acc:.2f}'
 
 
 def test_index_selection(tiny, tmp_path):
