@@ -20,6 +20,7 @@ from .data import ImageSource, ParticleDataset
 from .lattice import Lattice
 from .ctf import ctf_from_params
 from .so3 import s2s2_to_R, R_to_s2s2, random_rotations
+from . import models as models_module
 from .models import VolumeConfig, make_volume, eval_volume, render_slices
 from .hps import HPSConfig, VolumeCache, pose_search, local_refine
 
@@ -338,8 +339,7 @@ class Trainer:
         self.opt_conf = torch.optim.SparseAdam(list(self.conf.parameters()), lr=cfg.lr_conf_table)
         # --- mixed precision: the decoder under autocast, losses and scores in float32, fp16 gradients scaled
         self.amp, self.amp_dtype = cfg.amp, amp_dtype(self.device, cfg.amp)
-        import drgnai_nb.models as _models
-        _models.DECODE_MAX_ELEMS = cfg.decode_max_elems  # every decoder evaluation of this process is chunked to this bound
+        models_module.DECODE_MAX_ELEMS = cfg.decode_max_elems  # every decoder evaluation of this process is chunked to this bound
         self.scaler, self.scaler_z = AmpScaler(self.device, cfg.amp), AmpScaler(self.device, cfg.amp)  # z-only steps: their own scale
         # --- schedule: epochs 0..n_hps-1 search poses, then SGD epochs
         self.n_hps_epochs = math.ceil(cfg.n_imgs_pose_search / self.N) if cfg.mode == 'abinit' else 0

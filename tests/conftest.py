@@ -23,6 +23,14 @@ def cryodrgn_data():
     return CRYODRGN_DATA
 
 
+@pytest.fixture
+def one_thread():
+    "One torch thread for the test (tests that start worker processes or share the cores with them): oversubscribed shared cores crawl."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason='needs CUDA')
