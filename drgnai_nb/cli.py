@@ -635,7 +635,7 @@ def run_train(args):
     e = tr.epoch
     if tr.is_main: print(f'done: {out}/reconstruct.{e}.mrc, {out}/pose.{e}.pkl' + (f', {out}/z.{e}.pkl' if cfg.zdim else ''))
     if tr.world > 1:  # leave the process group cleanly (torchrun)
-        from drgnai_nb.distributed import _leave; _leave()
+        from drgnai_nb.distributed import _leave; _leave(tr)
 
 register('train', add_train, run_train)
 

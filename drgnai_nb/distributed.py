@@ -7,7 +7,7 @@ __all__ = ['dist_env', 'init_distributed', 'DistributedTrainer', 'make_trainer',
            'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'buffered_shuffle']
 
 # %% ../nbs/15_distributed.ipynb #c6236f8c
-import argparse, atexit, inspect, math, os, sys, time
+import argparse, atexit, gc, inspect, math, os, sys, time
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -30,8 +30,12 @@ def dist_env()->tuple: # (rank, world, local_rank)
     "This process's rank, the number of processes and the rank on this machine, from torchrun's environment."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
 
-def _leave():
-    "Leave the process group: wait for every rank first, so no rank tears down a connection another still uses."
+def _leave(trainer=None): # a `DistributedTrainer` whose DDP wrapper is released first, if any
+    """Leave the process group: drop every object that holds the group (the trainer's DDP reducer), wait for every rank,
+    then destroy it -- so gloo's worker threads are joined now, not during interpreter shutdown (where a reducer freed
+    late can abort the process after the run has finished)."""
+    if trainer is not None and hasattr(trainer, 'release'): trainer.release()
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -173,6 +177,11 @@ class DistributedTrainer(Trainer):
         if not ok: raise RuntimeError('distributed: the tables differ between processes')
         return self
 
+    def release(self):
+        "Drop the DDP wrapper (its reducer holds the process group), e.g. before leaving the group; `fit` cannot run after."
+        self.ddp = None
+        gc.collect()
+
 # %% ../nbs/15_distributed.ipynb #b562dd06
 def make_trainer(cfg:TrainConfig, outdir:str|Path, overwrite:bool=False, load:str|None=None, progress:bool=True)->Trainer:
     "A `DistributedTrainer` when torchrun started several processes (`WORLD_SIZE` > 1), else a `Trainer`."
@@ -196,7 +205,7 @@ def main(argv:list=None):
     cfg = TrainConfig.from_dict(parse_set(d, a.set))
     tr = make_trainer(cfg, a.outdir, overwrite=a.overwrite, load=a.load, progress=not a.no_progress).fit()
     if tr.is_main: print(f'done: {a.outdir}/reconstruct.{tr.epoch}.mrc, {a.outdir}/pose.{tr.epoch}.pkl')
-    _leave()
+    _leave(tr)
     return tr
 
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'distributed.py': main()
