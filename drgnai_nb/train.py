@@ -136,6 +136,9 @@ class TrainConfig:
     # --- pose refinement with a frozen decoder in the SGD phase (homogeneous runs)
     refine_every: int = 5 # SGD epochs between refinement passes (0: never); a pass also opens the SGD phase
     research: bool = True # the passes opening the SGD phase and at its middle also re-run the global search and keep the better pose
+    research_base_order: int = 2 # that global re-search's base SO(3) grid order (the map is good by then: a finer grid than the search phase's pays)
+    research_n_kept: int = 8 # poses it keeps between levels
+    research_l_start: int = 12 # its base band limit, px
     refine_delta_deg: float = 1.0 # first rotation step of local refinement, degrees
     refine_shift_px: float = 0.25 # first shift step of local refinement, pixels
     refine_levels: int = 4 # step halvings of local refinement
@@ -180,6 +183,8 @@ class TrainConfig:
         if self.shuffle_chunk < 0: bad('shuffle_chunk', 'an integer >= 0 (0: full shuffle)')
         if self.decode_max_elems < 2**16 or self.search_max_elems < 2**10: bad('decode_max_elems', 'decode_max_elems >= 65536 and search_max_elems >= 1024')
         if self.shuffle_buffer < 1: bad('shuffle_buffer', 'an integer >= 1')
+        for f, lo in (('research_base_order', 0), ('research_n_kept', 1), ('research_l_start', 1)):
+            if getattr(self, f) < lo: bad(f, f'an integer >= {lo}')
         self.hps  # validates the search settings
 
     @property
@@ -192,7 +197,7 @@ class TrainConfig:
         'cpu': dict(dim=128, pe_dim=32, base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0,
                     lr=1e-3, n_imgs_pretrain=2000, n_imgs_pose_search=6000, epochs_sgd=8, batch_size_hps=8,
                     hps_search_batch=64, batch_size_sgd=32, batch_size_known_poses=32, refine_every=1, z_init='variability', lr_conf_table=1e-3,
-                    z_reestimate=True),
+                    z_reestimate=True, research_l_start=8),
     }
 
     @classmethod
@@ -603,7 +608,8 @@ class Trainer:
                 assign = assign.to(self.device)
             else:
                 caches, assign = [cache_from_model(self.model, self.D, radius, oversample=2, amp=self.amp)], None
-            hc = HPSConfig(**{**asdict(cfg.hps), 'l_end': radius})
+            hc = HPSConfig(**{**asdict(cfg.hps), 'l_end': radius, 'base_order': cfg.research_base_order,
+                              'n_kept': cfg.research_n_kept, 'l_start': min(cfg.research_l_start, radius)})
             full = torch.ones(self.lat.D ** 2, dtype=torch.bool, device=self.device)
             kw = dict(radius=radius, delta_deg=cfg.refine_delta_deg, shift_step=cfg.refine_shift_px,
                       n_levels=cfg.refine_levels, lattice=self.lat)
