@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['AMP_MODES', 'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'TrainConfig', 'parse_set',
-           'PoseTable', 'conformation_groups', 'TrainingDiverged', 'latest_epoch', 'Trainer', 'train',
-           'compare_to_truth', 'format_truth_table']
+           'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components', 'TrainingDiverged',
+           'latest_epoch', 'Trainer', 'train', 'compare_to_truth', 'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #37ac8a05
 import contextlib, math, os, re, time, json, shutil
@@ -145,6 +145,8 @@ class TrainConfig:
     z_init: str = 'random' # heterogeneous runs: 'random' (DRGN-AI) or 'variability' (principal 3-D variability of the residuals, set once poses are known)
     z_steps: int = 0 # heterogeneous runs: extra conformation-only steps per batch with the decoder frozen (0: DRGN-AI's one)
     z_steps_radius: int = 0 # band limit of those steps, px (0: D/4; conformational changes live at low resolution)
+    z_init_radius: int = 0 # band limit of the variability components, px (0: D/8, at least 4; a 3-state and a continuous set (box 64) both split better at 8 px than at 16)
+    z_init_iters: int = 32 # alternating least-squares iterations of z_init='variability' (converged by about 16 on a 2,000-image set)
     z_reestimate: bool = False # with z_init='variability': estimate z again after each pose-refinement pass of the SGD phase's second half (better poses give better z), rotated onto the current z
     hps_z_groups: int = 4 # heterogeneous runs: conformation groups per search batch (each searched against its mean z)
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
@@ -172,6 +174,8 @@ class TrainConfig:
             if getattr(self, f) < (0 if f == 'layers' else 1): bad(f, 'a positive integer')
         if self.z_init not in ('random', 'variability'): bad('z_init', "'random' or 'variability'")
         if self.z_steps < 0 or self.z_steps_radius < 0: bad('z_steps', 'integers >= 0 (z_steps, z_steps_radius)')
+        if self.z_init_iters < 1: bad('z_init_iters', 'an integer >= 1')
+        if self.z_init_radius < 0: bad('z_init_radius', 'an integer >= 0 (0: D/8)')
         for f in ('hps_z_groups', 'refine_z_groups'):
             if getattr(self, f) < 1: bad(f, 'an integer >= 1')
         for f in ('n_imgs_pretrain', 'n_imgs_pose_search', 'epochs_sgd'):
@@ -286,6 +290,89 @@ def conformation_groups(z:Tensor, # (B, z_dim) conformations
     keep = torch.bincount(a, minlength=len(c)) > 0
     remap = torch.cumsum(keep.long(), 0) - 1
     return c[keep], remap[a]
+
+# %% ../nbs/12_train.ipynb #18b049b4
+def _trilinear_corners(pts:Tensor, # (P, 3) points (x, y, z), cycles/pixel, in [-0.5, 0.5]
+                       D:int, # box size, px: the grid is (D+1)³, index (z, y, x), voxel (D/2, D/2, D/2) at the origin
+                      )->tuple: # flat indices (P, 8) and trilinear weights (P, 8); corners off the grid get weight 0
+    M = D + 1
+    p = (pts + 0.5) * D
+    i0 = p.floor(); f = p - i0; i0 = i0.long()
+    I, W = [], []
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                ix, iy, iz = i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz
+                w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * (f[:, 2] if dz else 1 - f[:, 2])
+                ok = (ix >= 0) & (ix < M) & (iy >= 0) & (iy < M) & (iz >= 0) & (iz < M)
+                I.append(torch.where(ok, (iz * M + iy) * M + ix, 0)); W.append(torch.where(ok, w, 0))
+    return torch.stack(I, 1), torch.stack(W, 1)
+
+def _corner_chunks(R:Tensor, coords:Tensor, D:int, chunk:int, cache:bool):
+    "Per chunk of particles: (slice, corner indices (b·n, 8), weights (b·n, 8)); computed once and kept when `cache`."
+    out = []
+    for s in range(0, len(R), chunk):
+        sl = slice(s, min(len(R), s + chunk))
+        out.append((sl, *_trilinear_corners((coords @ R[sl]).reshape(-1, 3), D)) if cache else (sl, None, None))
+    def get(j):
+        sl, I, W = out[j]
+        return (sl, I, W) if I is not None else (sl, *_trilinear_corners((coords @ R[sl]).reshape(-1, 3), D))
+    return len(out), get
+
+def variability_amplitudes(vols:Tensor, # (K, (D+1)³) or (K, D+1, D+1, D+1) components (Hartley, unit: the residuals')
+                           r:Tensor, # (B, n) residual Hartley values at the lattice points `coords`
+                           c:Tensor, # (B, n) CTF at those points
+                           R:Tensor, # (B, 3, 3) rotations
+                           coords:Tensor, # (n, 3) lattice points, cycles/pixel (z = 0)
+                           D:int, # box size, px
+                           corners:tuple=None, # precomputed `_trilinear_corners(coords @ R)`, else computed here
+                          )->Tensor: # (B, K) least-squares amplitudes a_i = argmin |r_i - C_i P_i Σ_k a_ik Δ_k|²
+    "Each particle's amplitudes against fixed components: a K×K ridge-stabilised least-squares solve per particle."
+    K, B, n = len(vols), *r.shape
+    V = vols.reshape(K, -1)
+    I, W = corners if corners is not None else _trilinear_corners((coords @ R).reshape(-1, 3), D)
+    S = (V[:, I] * W).sum(-1).reshape(K, B, n).transpose(0, 1) * c[:, None, :]  # (B, K, n) slices C_i P_i Δ_k
+    G = S @ S.transpose(1, 2)
+    lam = 1e-3 * G.diagonal(dim1=1, dim2=2).mean().clamp(min=1e-30)
+    return torch.linalg.solve(G + lam * torch.eye(K, device=G.device, dtype=G.dtype), (S @ r[:, :, None]))[..., 0]
+
+def variability_components(r:Tensor, # (B, n) residuals y_i - C_i P_i V̄ (Hartley, re-centred) at the lattice points `coords`
+                           c:Tensor, # (B, n) CTF at those points
+                           R:Tensor, # (B, 3, 3) rotations
+                           coords:Tensor, # (n, 3) lattice points, cycles/pixel (z = 0), e.g. a band-limited disc
+                           D:int, # box size, px: components live on the (D+1)³ Hartley grid
+                           K:int, # number of components
+                           n_iter:int=32, # alternating least-squares iterations
+                           reg:float=1e-2, # Wiener regulariser of the components, a fraction of the mean CTF² weight
+                           seed:int=0, # random start of the amplitudes
+                           chunk:int=256, # particles per scatter / gather
+                           cache_elems:int=2**26, # keep the corner indices and weights (12 bytes each) when B·n·8 is at most this
+                          )->tuple: # (components (K, D+1, D+1, D+1) orthonormal, amplitudes (B, K))
+    "Principal 3-D variability of residuals by alternating least squares (see above); poses fixed, all K components per pass."
+    if r.shape != c.shape or r.shape[1] != len(coords) or len(R) != len(r):
+        raise ValueError(f'variability_components: residuals {tuple(r.shape)}, CTF {tuple(c.shape)}, rotations {tuple(R.shape)} '
+                         f'and {len(coords)} lattice points do not match')
+    B, n = r.shape; M3 = (D + 1) ** 3; dev = r.device
+    n_chunks, get = _corner_chunks(R.float(), coords.float(), D, chunk, B * n * 8 <= cache_elems)
+    den = torch.zeros(M3, device=dev)
+    for j in range(n_chunks):
+        sl, I, W = get(j)
+        den.index_add_(0, I.reshape(-1), (W * (c[sl] ** 2).reshape(-1, 1)).reshape(-1))
+    lam = reg * den[den > 0].mean() if (den > 0).any() else 1.0
+    cr = c * r
+    a = torch.randn(B, K, generator=torch.Generator().manual_seed(seed)).to(dev)
+    off = (torch.arange(K, device=dev) * M3)[:, None, None]
+    for _ in range(n_iter):
+        num = torch.zeros(K * M3, device=dev)
+        for j in range(n_chunks):
+            sl, I, W = get(j)
+            v = (cr[sl][None] * a[sl].T[:, :, None]).reshape(K, -1, 1) * W  # (K, b·n, 8)
+            num.index_add_(0, (I[None] + off).reshape(-1), v.reshape(-1))
+        V = num.view(K, M3) / (den + lam)
+        V = torch.linalg.qr(V.T.double())[0].T.float()  # orthonormal components
+        a = torch.cat([variability_amplitudes(V, r[sl], c[sl], R[sl], coords, D, corners=(I, W))
+                       for sl, I, W in (get(j) for j in range(n_chunks))])
+    return V.reshape(K, D + 1, D + 1, D + 1), a
 
 # %% ../nbs/12_train.ipynb #7e416ea1
 class TrainingDiverged(RuntimeError):
@@ -445,20 +532,20 @@ class Trainer:
 
     @torch.no_grad()
     def variability_init(self,
-                         n_iter:int=8, # alternating least-squares iterations
+                         n_iter:int=None, # alternating least-squares iterations (None: `z_init_iters`)
                          max_particles:int=20000, # particles (a random subset) the components are estimated from
                          align:bool=False, # rotate the new amplitudes onto the current z (orthogonal Procrustes) instead of replacing its axes
                         )->np.ndarray:
         """Set z from the principal 3-D variability of the residuals (poses held fixed), like a 3-D variability analysis:
-        components Δ_k (voxel Hartley volumes, band-limited to `z_steps_radius`) and per-particle amplitudes a_ik with
+        components Δ_k (voxel Hartley volumes, band-limited to `z_init_radius`) and per-particle amplitudes a_ik with
         y_i ≈ C_i P_i (V̄ + Σ_k a_ik Δ_k), by alternating least squares. Particles the mean map does not explain at all
         (junk: a clearly separate low mode of the log fit gain log(|y|² − |y − C P V̄|²), `analysis.junk_by_fit`) are left
-        out of the components, else the main variability would be junk against particles. Returns the amplitudes (N, K)."""
-        from drgnai_nb.forward import VoxelBackprojector
+        out of the components, else the main variability would be junk against particles. The solver is
+        `variability_components`. Returns the amplitudes (N, K)."""
         cfg, D = self.cfg, self.D
         K = min(cfg.zdim, 3)
-        radius = min(cfg.z_steps_radius or D // 4, D // 2)
-        m = self.lat.get_circular_mask(radius); n = int(m.sum())
+        radius = min(cfg.z_init_radius or max(D // 8, 4), D // 2)
+        m = self.lat.get_circular_mask(radius)
         self.model.eval()
         zbar = self.conf.weight.mean(0, keepdim=True) if cfg.zdim > 0 else None
         mean = cache_from_model(self.model, D, radius, zbar, amp=self.amp)
@@ -480,32 +567,11 @@ class Trainer:
         if junk.any() and (~junk).sum() >= 2 * K:
             good = torch.as_tensor(~junk, device=r.device)
             r, c, R, idx = r[good], c[good], R[good], idx[good]
-        ctfp = None if self.ctf is None else self.ctf[idx.cpu()].to(self.device)
-        def backproject(weights):  # (B, K) -> K voxel Hartley volumes from the residuals weighted by `weights`
-            vols = []
-            for k in range(K):
-                bp = VoxelBackprojector(D, pad=1, device=self.device, dtype=torch.float32)
-                for s in range(0, len(r), 512):
-                    img = torch.zeros(len(r[s:s + 512]), (D + 1) ** 2, device=self.device)
-                    img[:, m] = r[s:s + 512] * weights[s:s + 512, k:k + 1]
-                    bp.add(img.view(-1, D + 1, D + 1), R[s:s + 512], None if ctfp is None else ctfp[s:s + 512])
-                vols.append(bp.volume_ht('full', reg=1e-2))
-            V = torch.stack(vols).reshape(K, -1)
-            Q = torch.linalg.qr(V.T.double())[0].T.float()  # orthonormal components
-            return Q.reshape(K, D + 1, D + 1, D + 1)
-        def amplitudes(vols, rr, cc, RR):
-            M = torch.stack([cc * VolumeCache.from_volume_ht(v, radius, D=D).slices(RR[None], self.lat.coords[m])[0] for v in vols], 1)
-            G = M @ M.transpose(1, 2)  # (B, K, K)
-            lam = 1e-3 * G.diagonal(dim1=1, dim2=2).mean()
-            return torch.linalg.solve(G + lam * torch.eye(K, device=G.device), (M @ rr[:, :, None]))[..., 0]
-        a = torch.as_tensor(g.standard_normal((len(r), K)), dtype=torch.float32, device=self.device)
-        for _ in range(n_iter):
-            vols = backproject(a)
-            a = amplitudes(vols, r, c, R)
+        vols, _ = variability_components(r, c, R, self.lat.coords[m], D, K, n_iter=n_iter or cfg.z_init_iters, seed=cfg.seed)
         full = []
         for s in range(0, self.N, 256):  # every particle's amplitudes against the components
             rr, cc, RR, _, _ = residuals(np.arange(s, min(self.N, s + 256)))
-            full.append(amplitudes(vols, rr, cc, RR))
+            full.append(variability_amplitudes(vols, rr, cc, RR, self.lat.coords[m], D))
         a = torch.cat(full)
         a = a - a.mean(0)  # principal axes of the amplitudes, in decreasing variance, scaled by the first one's spread:
         a = a @ torch.linalg.svd(a.T @ a)[0]  # weak components (mostly noise) stay small instead of being blown up
@@ -777,7 +843,13 @@ def compare_to_truth(rundir:str|Path, # a run directory
         rg, tg = rg[sel], tg[sel]
     vol, info = read_mrc(rundir / f'reconstruct.{e}.mrc')
     D = vol.shape[-1]
-    pe = pose_error(r, rg, t, tg, D=D)
+    # junk particles (label -1) have no true pose: they are left out of the pose errors and of the global
+    # rotation and shift fitted before them (else their errors of tens of degrees and pixels bias the fit)
+    real = np.ones(len(rg), bool)
+    if (truth / 'labels.pkl').exists():
+        lab_all = np.asarray(load_pkl(truth / 'labels.pkl'))
+        real = (lab_all if ind is None else lab_all[sel]) >= 0
+    pe = pose_error(r[real], rg[real], t[real], tg[real], D=D)
     # the map in the truth's frame: the decoder evaluated at k @ M (exact, no interpolation), then shifted
     M = torch.as_tensor(pe.align, dtype=torch.float32).T
     if pe.mirror: M = M @ torch.diag(torch.tensor([1.0, 1.0, -1.0]))
@@ -814,7 +886,7 @@ def compare_to_truth(rundir:str|Path, # a run directory
             zc = zz[members][np.argmin(((zz[members] - km.cluster_centers_[k]) ** 2).sum(1))]
             state_res.append(res05(zc, refs[int(s)]))
         out = {'state_agreement': float(acc), 'state_fsc05_px': [float(x) for x in state_res]}
-    return {'epoch': e, 'n': len(r), 'mirror': bool(pe.mirror), **out,
+    return {'epoch': e, 'n': len(r), 'n_posed': int(real.sum()), 'mirror': bool(pe.mirror), **out,
             'out_of_plane_median_deg': float(np.median(pe.out_of_plane)), 'out_of_plane_mean_deg': float(np.mean(pe.out_of_plane)),
             'in_plane_median_deg': float(np.median(pe.in_plane)), 'in_plane_mean_deg': float(np.mean(pe.in_plane)),
             'rotation_median_deg': float(np.median(pe.rot)), 'trans_median_px': float(np.median(pe.trans)),

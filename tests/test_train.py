@@ -57,7 +57,7 @@ def test_variability_init_finds_states(tiny, tmp_path):
     "z starts from the residuals' principal 3-D variability once poses are known: the two simulated states separate."
     from drgnai_nb.metrics import cluster_accuracy
     from drgnai_nb.train import conformation_groups
-    cfg = _cfg(tiny, mode='fixed', poses=str(tiny / 'poses.pkl'), zdim=2, epochs_sgd=2, z_steps_radius=6)
+    cfg = _cfg(tiny, mode='fixed', poses=str(tiny / 'poses.pkl'), zdim=2, epochs_sgd=2, z_steps_radius=6, z_init_radius=6)
     assert cfg.z_init == 'variability'
     tr = train(cfg, tmp_path / 'run', progress=False)
     assert 'principal variability' in (tmp_path / 'run/run.log').read_text()
@@ -85,7 +85,7 @@ def test_variability_init_leaves_out_junk(tmp_path):
     simulate_to_dir(SimConfig(n_images=160, D=24, snr=2.0, seed=1, shift_px=1.0, heterogeneity='discrete', n_states=2,
                               junk_fraction=0.3), d, progress=False)
     cfg = TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
-                             mode='fixed', zdim=2, epochs_sgd=2, dim=32, pe_dim=8, z_steps_radius=6, batch_size_known_poses=16)
+                             mode='fixed', zdim=2, epochs_sgd=2, dim=32, pe_dim=8, z_steps_radius=6, z_init_radius=6, batch_size_known_poses=16)
     tr = train(cfg, tmp_path / 'run', progress=False)
     log = (tmp_path / 'run/run.log').read_text()
     n_out = int(log.split('particles left out as junk')[0].split(';')[-1].split(' of ')[0])
