@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from .io import DrgnaiInputError, MRC_READERS, load_ctf, load_poses, load_ind, save_pkl, save_poses, atomic_write, write_mrc
+from .forward import trilinear_corners
 from .data import ImageSource, ParticleDataset
 from .lattice import Lattice
 from .ctf import ctf_from_params
@@ -295,18 +296,8 @@ def conformation_groups(z:Tensor, # (B, z_dim) conformations
 def _trilinear_corners(pts:Tensor, # (P, 3) points (x, y, z), cycles/pixel, in [-0.5, 0.5]
                        D:int, # box size, px: the grid is (D+1)³, index (z, y, x), voxel (D/2, D/2, D/2) at the origin
                       )->tuple: # flat indices (P, 8) and trilinear weights (P, 8); corners off the grid get weight 0
-    M = D + 1
-    p = (pts + 0.5) * D
-    i0 = p.floor(); f = p - i0; i0 = i0.long()
-    I, W = [], []
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                ix, iy, iz = i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz
-                w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * (f[:, 2] if dz else 1 - f[:, 2])
-                ok = (ix >= 0) & (ix < M) & (iy >= 0) & (iy < M) & (iz >= 0) & (iz < M)
-                I.append(torch.where(ok, (iz * M + iy) * M + ix, 0)); W.append(torch.where(ok, w, 0))
-    return torch.stack(I, 1), torch.stack(W, 1)
+    cs = list(trilinear_corners((pts + 0.5) * D, D + 1))  # `forward`'s corners, kept all 8 at once
+    return torch.stack([torch.where(ok, i, 0) for i, _, ok in cs], 1), torch.stack([torch.where(ok, w, 0) for _, w, ok in cs], 1)
 
 def _corner_chunks(R:Tensor, coords:Tensor, D:int, chunk:int, cache:bool):
     "Per chunk of particles: (slice, corner indices (b·n, 8), weights (b·n, 8)); computed once and kept when `cache`."
