@@ -552,6 +552,7 @@ d = { 'settings': { 'branch': 'main',
                                  'drgnai_nb.train.fp32_scores': ('train.html#fp32_scores', 'drgnai_nb/train.py'),
                                  'drgnai_nb.train.latest_epoch': ('train.html#latest_epoch', 'drgnai_nb/train.py'),
                                  'drgnai_nb.train.parse_set': ('train.html#parse_set', 'drgnai_nb/train.py'),
+                                 'drgnai_nb.train.spectral_coordinates': ('train.html#spectral_coordinates', 'drgnai_nb/train.py'),
                                  'drgnai_nb.train.train': ('train.html#train', 'drgnai_nb/train.py'),
                                  'drgnai_nb.train.variability_amplitudes': ('train.html#variability_amplitudes', 'drgnai_nb/train.py'),
                                  'drgnai_nb.train.variability_components': ('train.html#variability_components', 'drgnai_nb/train.py')}}}

@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['AMP_MODES', 'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'TrainConfig', 'parse_set',
-           'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components', 'TrainingDiverged',
-           'latest_epoch', 'Trainer', 'train', 'compare_to_truth', 'format_truth_table']
+           'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components',
+           'spectral_coordinates', 'TrainingDiverged', 'latest_epoch', 'Trainer', 'train', 'compare_to_truth',
+           'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #37ac8a05
 import contextlib, math, os, re, time, json, shutil
@@ -148,6 +149,9 @@ class TrainConfig:
     z_steps_radius: int = 0 # band limit of those steps, px (0: D/4; conformational changes live at low resolution)
     z_init_radius: int = 0 # band limit of the variability components, px (0: D/8, at least 4; a 3-state and a continuous set (box 64) both split better at 8 px than at 16)
     z_init_iters: int = 32 # alternating least-squares iterations of z_init='variability' (converged by about 16 on a 2,000-image set)
+    z_init_components: int = 4 # variability components estimated for z_init='variability' (K; the amplitudes live in K dimensions)
+    z_init_embed: str = 'spectral' # how the K amplitudes become z: 'spectral' (commute-time coordinates of their nearest-neighbour graph: unrolls a curved motion, keeps clusters apart) or 'linear' (their first zdim principal axes)
+    z_init_neighbors: int = 0 # neighbours per particle in that graph (0: √n/2, at least 10)
     z_reestimate: bool = False # with z_init='variability': estimate z again after each pose-refinement pass of the SGD phase's second half (better poses give better z), rotated onto the current z
     hps_z_groups: int = 4 # heterogeneous runs: conformation groups per search batch (each searched against its mean z)
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
@@ -177,6 +181,9 @@ class TrainConfig:
         if self.z_steps < 0 or self.z_steps_radius < 0: bad('z_steps', 'integers >= 0 (z_steps, z_steps_radius)')
         if self.z_init_iters < 1: bad('z_init_iters', 'an integer >= 1')
         if self.z_init_radius < 0: bad('z_init_radius', 'an integer >= 0 (0: D/8)')
+        if self.z_init_components < 1: bad('z_init_components', 'an integer >= 1')
+        if self.z_init_embed not in ('spectral', 'linear'): bad('z_init_embed', "'spectral' or 'linear'")
+        if self.z_init_neighbors < 0: bad('z_init_neighbors', 'an integer >= 0 (0: automatic)')
         for f in ('hps_z_groups', 'refine_z_groups'):
             if getattr(self, f) < 1: bad(f, 'an integer >= 1')
         for f in ('n_imgs_pretrain', 'n_imgs_pose_search', 'epochs_sgd'):
@@ -365,6 +372,56 @@ def variability_components(r:Tensor, # (B, n) residuals y_i - C_i P_i V̄ (Hartl
                        for sl, I, W in (get(j) for j in range(n_chunks))])
     return V.reshape(K, D + 1, D + 1, D + 1), a
 
+# %% ../nbs/12_train.ipynb #2b852e24
+def spectral_coordinates(a:Tensor, # (N, K) points: the particles' variability amplitudes (any unit)
+                         n_out:int, # coordinates wanted
+                         k:int=0, # neighbours per point in the graph (0: √n/2, at least 10, n = graph points)
+                         fit:Tensor|None=None, # (N,) bool: points the graph is built on (None: all); the others are placed from their neighbours
+                         max_fit:int=20000, # at most this many graph points (a random subset of `fit`)
+                         seed:int=0, # for that subset and the eigensolver's start vector
+                        )->tuple: # (coords (N, n_out) float64, coordinate j scaled by 1/√(1−λ_j); eigenvalues λ (n_out,), decreasing)
+    """Commute-time coordinates of the k-nearest-neighbour graph of the rows of `a`: the leading non-trivial
+    eigenvectors ψ_j of the random-walk matrix D⁻¹W (W: Gaussian weights exp(−d²/(σ_i σ_j)), σ_i the distance to the
+    k-th neighbour), each scaled by 1/√(1−λ_j) (gaps floored at 1e-3 of the largest kept gap, so disconnected clusters
+    stay finite). Points outside the graph get the distance-weighted mean of their k nearest graph points' coordinates."""
+    import scipy.sparse as sp, scipy.sparse.linalg as sla
+    a = torch.as_tensor(a).detach().double().cpu()
+    N = len(a)
+    fit_idx = torch.arange(N) if fit is None else torch.as_tensor(fit).cpu().nonzero()[:, 0]
+    g = np.random.default_rng(seed)
+    if len(fit_idx) > max_fit: fit_idx = fit_idx[torch.as_tensor(np.sort(g.choice(len(fit_idx), max_fit, replace=False)))]
+    X = a[fit_idx]; n = len(X)
+    if n < n_out + 2: raise ValueError(f'spectral_coordinates: {n} graph points for {n_out} coordinates; need at least {n_out + 2}')
+    k = min(k or max(10, int(round(math.sqrt(n) / 2))), n - 1)
+    def knn(Q, skip_self:bool):  # squared distances (q, k) and indices (q, k) of the nearest graph points, in row chunks
+        ds, js = [], []
+        for s in range(0, len(Q), 2048):
+            d2 = torch.cdist(Q[s:s + 2048], X) ** 2
+            if skip_self: d2[torch.arange(len(d2)), torch.arange(s, s + len(d2))] = float('inf')
+            v, j = d2.topk(k, largest=False); ds.append(v); js.append(j)
+        return torch.cat(ds), torch.cat(js)
+    d2, nb = knn(X, True)
+    sig = d2[:, -1].clamp(min=1e-300).sqrt()
+    rows, cols = torch.arange(n).repeat_interleave(k), nb.reshape(-1)
+    w = torch.exp(-d2.reshape(-1) / (sig[rows] * sig[cols])).clamp(min=1e-300)
+    W = sp.coo_matrix((w.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
+    W = W.maximum(W.T)  # symmetric: an edge where either point counts the other among its neighbours
+    deg = np.asarray(W.sum(1)).ravel(); dm = 1 / np.sqrt(deg)
+    S = sp.diags(dm) @ W @ sp.diags(dm)  # D^-1/2 W D^-1/2: same eigenvalues as D^-1 W, eigenvectors D^1/2 ψ
+    v0 = np.sqrt(deg) / np.linalg.norm(np.sqrt(deg))  # the trivial eigenvector (λ = 1), projected out
+    op = sla.LinearOperator((n, n), matvec=lambda x: S @ x - v0 * (v0 @ x), dtype=np.float64)
+    lam, v = sla.eigsh(op, n_out, which='LA', v0=g.standard_normal(n), tol=1e-6)
+    o = np.argsort(-lam); lam, v = lam[o], v[:, o]
+    gap = 1 - lam; gap = np.maximum(gap, 1e-3 * gap.max())
+    c = torch.as_tensor(v * dm[:, None] / np.sqrt(gap))
+    out = torch.zeros(N, n_out, dtype=torch.float64); out[fit_idx] = c
+    rest = torch.ones(N, dtype=torch.bool); rest[fit_idx] = False
+    if rest.any():
+        d2r, nbr = knn(a[rest], False)
+        wr = torch.exp(-(d2r - d2r[:, :1]) / (sig[nbr].mean(1, keepdim=True) ** 2))
+        out[rest] = (wr[..., None] * c[nbr]).sum(1) / wr.sum(1, keepdim=True)
+    return out, torch.as_tensor(lam)
+
 # %% ../nbs/12_train.ipynb #7e416ea1
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
@@ -529,12 +586,13 @@ class Trainer:
                         )->np.ndarray:
         """Set z from the principal 3-D variability of the residuals (poses held fixed), like a 3-D variability analysis:
         components Δ_k (voxel Hartley volumes, band-limited to `z_init_radius`) and per-particle amplitudes a_ik with
-        y_i ≈ C_i P_i (V̄ + Σ_k a_ik Δ_k), by alternating least squares. Particles the mean map does not explain at all
+        y_i ≈ C_i P_i (V̄ + Σ_k a_ik Δ_k), by alternating least squares; z is then their spectral embedding
+        (`spectral_coordinates`) or their principal axes (`z_init_embed`). Particles the mean map does not explain at all
         (junk: a clearly separate low mode of the log fit gain log(|y|² − |y − C P V̄|²), `analysis.junk_by_fit`) are left
         out of the components, else the main variability would be junk against particles. The solver is
         `variability_components`. Returns the amplitudes (N, K)."""
         cfg, D = self.cfg, self.D
-        K = min(cfg.zdim, 3)
+        K = cfg.z_init_components
         radius = min(cfg.z_init_radius or max(D // 8, 4), D // 2)
         m = self.lat.get_circular_mask(radius)
         self.model.eval()
@@ -564,18 +622,25 @@ class Trainer:
             rr, cc, RR, _, _ = residuals(np.arange(s, min(self.N, s + 256)))
             full.append(variability_amplitudes(vols, rr, cc, RR, self.lat.coords[m], D))
         a = torch.cat(full)
-        a = a - a.mean(0)  # principal axes of the amplitudes, in decreasing variance, scaled by the first one's spread:
-        a = a @ torch.linalg.svd(a.T @ a)[0]  # weak components (mostly noise) stay small instead of being blown up
-        a = a / a[:, 0].std().clamp(min=1e-12)
+        a = a - a.mean(0)  # principal axes of the amplitudes, in decreasing variance
+        a = a @ torch.linalg.svd(a.T @ a)[0]
+        if cfg.z_init_embed == 'spectral':  # unroll curved motion; the graph is built on the particles that are not junk
+            n = cfg.zdim
+            fit = torch.zeros(self.N, dtype=torch.bool); fit[torch.as_tensor(sub)[torch.as_tensor(~junk)]] = True
+            if int(fit.sum()) < n + 2: fit = None  # too few particles the mean map explains: build the graph on all
+            a = spectral_coordinates(a, n, k=cfg.z_init_neighbors, fit=fit, seed=cfg.seed)[0].to(a)
+            a = a - a.mean(0)
+        else: n = min(cfg.zdim, K); a = a[:, :n]
+        a = a / a[:, 0].std().clamp(min=1e-12)  # scaled by the first coordinate's spread: weak ones (mostly noise) stay small
         w = self.conf.weight
-        if align:  # keep the decoder's learned z axes: the rotation (and signs) that best maps the new amplitudes onto them
-            old = w[:, :K] - w[:, :K].mean(0)
+        if align:  # keep the decoder's learned z axes: the rotation (and signs) that best maps the new coordinates onto them
+            old = w[:, :n] - w[:, :n].mean(0)
             U, _, Vh = torch.linalg.svd(a.T @ (old / old.std(0).clamp(min=1e-12)))
             a = a @ (U @ Vh)
-        w[:, :K] = a * cfg.std_z_init * 5  # a spread well above the initial noise
+        w[:, :n] = a * cfg.std_z_init * 5  # a spread well above the initial noise
         self.model.train()
-        self.log(f'conformations {"re-estimated" if align else "initialised"} from the {K} principal variability components '
-                 f'(band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
+        self.log(f'conformations {"re-estimated" if align else "initialised"} from {K} principal variability components '
+                 f'({cfg.z_init_embed} embedding; band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
         return a.cpu().numpy()
 
     def current_poses_of(self, idx:Tensor)->tuple: # (R (B,3,3), t (B,2) pixels)
