@@ -590,7 +590,8 @@ class Trainer:
         (`spectral_coordinates`) or their principal axes (`z_init_embed`). Particles the mean map does not explain at all
         (junk: a clearly separate low mode of the log fit gain log(|y|² − |y − C P V̄|²), `analysis.junk_by_fit`) are left
         out of the components, else the main variability would be junk against particles. The solver is
-        `variability_components`. Returns the amplitudes (N, K)."""
+        `variability_components`. Returns the new z coordinates (N, n) written to the table's first n columns (n = zdim for
+        the spectral embedding, min(zdim, K) for principal axes), scaled to unit spread of the first."""
         cfg, D = self.cfg, self.D
         K = cfg.z_init_components
         radius = min(cfg.z_init_radius or max(D // 8, 4), D // 2)
