@@ -112,7 +112,7 @@ def speed(a):
     if not (data / 'particles.mrcs').exists():
         simulate_to_dir(SimConfig(n_images=a.n, D=a.D, snr=a.snr, seed=0, shift_px=3.2, Apix=3.0), data, progress=False)
     t_sim = time.time() - t_sim
-    base = {**TrainConfig.PRESETS[a.preset], 'preset': a.preset, 'particles': str(data / 'particles.mrcs'),
+    base = {**TrainConfig.preset_fields(a.preset), 'particles': str(data / 'particles.mrcs'),
             'ctf': str(data / 'ctf.pkl'), 'device': a.device, 'n_imgs_pretrain': a.n, 'n_imgs_pose_search': a.n,
             'epochs_sgd': a.epochs_sgd, 'refine_every': 0}
     if a.amp: base['amp'] = a.amp  # TrainConfig.amp (default 'auto': off on the CPU)

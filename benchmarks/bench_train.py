@@ -107,7 +107,7 @@ def main(argv=None):
     if not (data / 'particles.mrcs').exists():
         simulate_to_dir(SimConfig(n_images=a.n, D=a.D, snr=a.snr, seed=0, shift_px=3.2, defocus=(1.0, 2.5), Apix=3.0, **het),
                         data, progress=False)
-    base = {**TrainConfig.PRESETS[a.preset], 'preset': a.preset, 'particles': str(data / 'particles.mrcs'),
+    base = {**TrainConfig.preset_fields(a.preset, zdim), 'particles': str(data / 'particles.mrcs'),
             'ctf': str(data / 'ctf.pkl'), 'device': a.device, 'zdim': zdim}
     if a.speed_only:  # cryoDRGN abinit's CPU settings of the issue: 3x128, pe 32, order 1, l 12->16 / 3 levels, 4 kept, +-8 px
         base.update(dim=128, pe_dim=32, base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0, lr=1e-3,

@@ -611,16 +611,14 @@ def train_config_from_args(args, cuda:bool=None):
     if preset is None:
         preset = 'gpu' if cuda else 'cpu'
         note = f'no --preset given: using the {preset!r} preset ({"CUDA is available" if cuda else "no CUDA GPU found"})'
-    base = {**TrainConfig.PRESETS[preset], 'preset': preset} if preset in TrainConfig.PRESETS else {}
     if preset not in TrainConfig.PRESETS: raise _input_error(f'unknown preset {preset!r}; expected cpu or gpu')
-    d = {**base, **{k: v for k, v in d.items()}}
     for k, a in [('particles', 'particles'), ('ctf', 'ctf'), ('poses', 'poses'), ('datadir', 'datadir'), ('zdim', 'zdim'),
                  ('mode', 'mode'), ('ind', 'ind'), ('seed', 'seed'), ('device', 'device')]:
         v = getattr(args, a, None)
         if v is not None: d[k] = v
     if getattr(args, 'uninvert_data', False): d['invert'] = False
-    d = parse_set(d, args.set)
-    return TrainConfig.from_dict(d), note
+    d = parse_set(d, args.set)  # the fields the user gave; the preset's (for this zdim) fill in the rest
+    return TrainConfig.from_dict({**TrainConfig.preset_fields(preset, d.get('zdim') or 0), **d}), note
 
 def run_train(args):
     from drgnai_nb.train import Trainer, TrainConfig
@@ -669,7 +667,7 @@ def run_demo(args):
     print(f'simulating {args.n_images} images at D={args.D}, SNR {args.snr} ...')
     simulate_to_dir(SimConfig(n_images=args.n_images, D=args.D, snr=args.snr, seed=args.seed,
                               heterogeneity=args.heterogeneity), data, overwrite=True, progress=not args.no_progress)
-    d = {**TrainConfig.PRESETS['cpu'], 'preset': 'cpu', 'particles': str(data / 'particles.mrcs'),
+    d = {**TrainConfig.preset_fields('cpu', args.zdim), 'particles': str(data / 'particles.mrcs'),
          'ctf': str(data / 'ctf.pkl'), 'zdim': args.zdim, 'seed': args.seed}
     if args.quick: d.update(n_imgs_pretrain=args.n_images, n_imgs_pose_search=args.n_images, epochs_sgd=1)
     cfg = TrainConfig.from_dict(parse_set(d, args.set))

@@ -211,12 +211,23 @@ class TrainConfig:
                     hps_search_batch=64, batch_size_sgd=32, batch_size_known_poses=32, refine_every=1, z_init='variability', lr_conf_table=1e-3,
                     z_reestimate=True, research_l_start=8),
     }
+    # what a preset changes for heterogeneous runs (zdim > 0), under any field the user gives: the `cpu` preset's
+    # 128-wide decoder is enough for one map but too small for several states (see *Decoder width* below)
+    PRESETS_HET = {'cpu': dict(dim=256)}
+
+    @classmethod
+    def preset_fields(cls, name:str, # preset name
+                      zdim:int=0, # the run's conformation size: heterogeneous runs get `PRESETS_HET` on top
+                     )->dict:
+        "The fields a preset sets for a run with `zdim`, including `preset` itself."
+        if name not in cls.PRESETS: raise DrgnaiInputError(f'unknown preset {name!r}; expected one of {list(cls.PRESETS)}')
+        return {**cls.PRESETS[name], **(cls.PRESETS_HET.get(name, {}) if zdim else {}), 'preset': name}
 
     @classmethod
     def preset(cls, name:str, **kw)->'TrainConfig':
-        "A config from a named preset ('cpu' or 'gpu'), with fields overridden by `kw`."
-        if name not in cls.PRESETS: raise DrgnaiInputError(f'unknown preset {name!r}; expected one of {list(cls.PRESETS)}')
-        return cls(**{**cls.PRESETS[name], 'preset': name, **kw})
+        "A config from a named preset ('cpu' or 'gpu'; `preset_fields`), with fields overridden by `kw`."
+        zdim = kw.get('zdim', cls.PRESETS.get(name, {}).get('zdim', 0))
+        return cls(**{**cls.preset_fields(name, zdim), **kw})
 
     def to_dict(self)->dict: return asdict(self)
 

@@ -155,8 +155,18 @@ def test_cli_config_precedence(tiny, tmp_path):
     a = build_parser().parse_args(['train', str(tmp_path / 'r'), '--particles', 'x.mrcs', '--config', str(tmp_path / 'c.yaml'),
                                    '--zdim', '2', '--set', 'epochs_sgd=7', 'invert=false'])
     cfg, note = train_config_from_args(a, cuda=False)
-    assert (cfg.preset, cfg.dim, cfg.lr, cfg.epochs_sgd, cfg.zdim, cfg.invert) == ('cpu', 128, 0.005, 7, 2, False)
+    # a heterogeneous run gets the preset's heterogeneous layer (a 256-wide decoder) under the user's fields
+    assert (cfg.preset, cfg.dim, cfg.lr, cfg.epochs_sgd, cfg.zdim, cfg.invert) == ('cpu', 256, 0.005, 7, 2, False)
     assert "'cpu' preset" in note
+    cfg, _ = train_config_from_args(build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs', '--zdim', '2',
+                                                                '--set', 'dim=96']), cuda=False)
+    assert (cfg.dim, cfg.pe_dim) == (96, 32)  # a width the user gives wins; the rest of the preset stays
+    cfg, _ = train_config_from_args(build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs']), cuda=False)
+    assert (cfg.zdim, cfg.dim) == (0, 128)  # homogeneous: the preset's own width
+    (tmp_path / 'z.yaml').write_text(yaml.safe_dump({'zdim': 3}))
+    cfg, _ = train_config_from_args(build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs', '--config', str(tmp_path / 'z.yaml'),
+                                                                '--preset', 'cpu']), cuda=False)
+    assert (cfg.zdim, cfg.dim) == (3, 256)  # zdim from a config file counts too
     cfg, note = train_config_from_args(build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs']), cuda=True)
     assert cfg.preset == 'gpu' and cfg.dim == 256 and 'CUDA' in note
 
