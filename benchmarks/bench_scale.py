@@ -112,11 +112,11 @@ def speed(a):
     if not (data / 'particles.mrcs').exists():
         simulate_to_dir(SimConfig(n_images=a.n, D=a.D, snr=a.snr, seed=0, shift_px=3.2, Apix=3.0), data, progress=False)
     t_sim = time.time() - t_sim
-    base = {**TrainConfig.preset_fields(a.preset), 'particles': str(data / 'particles.mrcs'),
+    base = {'particles': str(data / 'particles.mrcs'),
             'ctf': str(data / 'ctf.pkl'), 'device': a.device, 'n_imgs_pretrain': a.n, 'n_imgs_pose_search': a.n,
             'epochs_sgd': a.epochs_sgd, 'refine_every': 0}
     if a.amp: base['amp'] = a.amp  # TrainConfig.amp (default 'auto': off on the CPU)
-    cfg = TrainConfig.from_dict(parse_set(base, a.set))
+    cfg = TrainConfig.preset(a.preset, **parse_set(base, a.set))
     if a.nproc > 1:  # the same run through torchrun: DistributedDataParallel over a.nproc processes
         import yaml
         out.mkdir(parents=True, exist_ok=True)

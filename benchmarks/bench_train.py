@@ -107,12 +107,11 @@ def main(argv=None):
     if not (data / 'particles.mrcs').exists():
         simulate_to_dir(SimConfig(n_images=a.n, D=a.D, snr=a.snr, seed=0, shift_px=3.2, defocus=(1.0, 2.5), Apix=3.0, **het),
                         data, progress=False)
-    base = {**TrainConfig.preset_fields(a.preset, zdim), 'particles': str(data / 'particles.mrcs'),
-            'ctf': str(data / 'ctf.pkl'), 'device': a.device, 'zdim': zdim}
+    base = {'particles': str(data / 'particles.mrcs'), 'ctf': str(data / 'ctf.pkl'), 'device': a.device, 'zdim': zdim}
     if a.speed_only:  # cryoDRGN abinit's CPU settings of the issue: 3x128, pe 32, order 1, l 12->16 / 3 levels, 4 kept, +-8 px
         base.update(dim=128, pe_dim=32, base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0, lr=1e-3,
                     n_imgs_pretrain=0, n_imgs_pose_search=a.n, epochs_sgd=1, refine_every=0)
-    cfg = TrainConfig.from_dict(parse_set(base, a.set))
+    cfg = TrainConfig.preset(a.preset, **parse_set(base, a.set))
     rate = matmul_rate(torch.device('cuda' if (a.device == 'auto' and torch.cuda.is_available()) or a.device.startswith('cuda') else 'cpu'))
     t0 = time.time()
     tr = Trainer(cfg, out / 'run_abinit', overwrite=True, progress=False)

@@ -617,8 +617,7 @@ def train_config_from_args(args, cuda:bool=None):
         v = getattr(args, a, None)
         if v is not None: d[k] = v
     if getattr(args, 'uninvert_data', False): d['invert'] = False
-    d = parse_set(d, args.set)  # the fields the user gave; the preset's (for this zdim) fill in the rest
-    return TrainConfig.from_dict({**TrainConfig.preset_fields(preset, d.get('zdim') or 0), **d}), note
+    return TrainConfig.preset(preset, **parse_set(d, args.set)), note  # the user's fields over the preset's for this zdim
 
 def run_train(args):
     from drgnai_nb.train import Trainer, TrainConfig
@@ -667,10 +666,9 @@ def run_demo(args):
     print(f'simulating {args.n_images} images at D={args.D}, SNR {args.snr} ...')
     simulate_to_dir(SimConfig(n_images=args.n_images, D=args.D, snr=args.snr, seed=args.seed,
                               heterogeneity=args.heterogeneity), data, overwrite=True, progress=not args.no_progress)
-    d = {**TrainConfig.preset_fields('cpu', args.zdim), 'particles': str(data / 'particles.mrcs'),
-         'ctf': str(data / 'ctf.pkl'), 'zdim': args.zdim, 'seed': args.seed}
+    d = {'particles': str(data / 'particles.mrcs'), 'ctf': str(data / 'ctf.pkl'), 'zdim': args.zdim, 'seed': args.seed}
     if args.quick: d.update(n_imgs_pretrain=args.n_images, n_imgs_pose_search=args.n_images, epochs_sgd=1)
-    cfg = TrainConfig.from_dict(parse_set(d, args.set))
+    cfg = TrainConfig.preset('cpu', **parse_set(d, args.set))
     Trainer(cfg, out / 'run', overwrite=True, progress=not args.no_progress).fit()
     res = compare_to_truth(out / 'run', data)
     (out / 'summary.json').write_text(json.dumps(res, indent=2))

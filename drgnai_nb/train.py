@@ -225,9 +225,8 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name:str, **kw)->'TrainConfig':
-        "A config from a named preset ('cpu' or 'gpu'; `preset_fields`), with fields overridden by `kw`."
-        zdim = kw.get('zdim', cls.PRESETS.get(name, {}).get('zdim', 0))
-        return cls(**{**cls.preset_fields(name, zdim), **kw})
+        "A config from a named preset ('cpu' or 'gpu'; `preset_fields` for the run's `zdim`), with fields overridden by `kw`."
+        return cls.from_dict({**cls.preset_fields(name, kw.get('zdim') or 0), **kw})
 
     def to_dict(self)->dict: return asdict(self)
 
