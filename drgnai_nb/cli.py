@@ -201,6 +201,8 @@ def add_simulate(sub):
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--volume', nargs='+', default=None, metavar='V.mrc',
                    help='user volume(s) instead of the built-in molecule (one per state with --heterogeneity discrete)')
+    p.add_argument('--hinge-axis', nargs=3, type=float, metavar=('X', 'Y', 'Z'), default=(0.0, 0.0, 1.0),
+                   help="direction the built-in molecule's arm swings about (default: 0 0 1, its superhelix axis)")
     p.add_argument('-b', '--batch-size', type=int, metavar='B', default=128, help='images rendered per batch')
     p.add_argument('--overwrite', action='store_true', help='replace an existing dataset in OUTDIR')
     return p
@@ -221,7 +223,8 @@ def run_simulate(args):
         cfg = SimConfig(n_images=args.n_images, D=D or 64, Apix=Apix or 3.0, snr=args.snr, ctf=not args.no_ctf,
                         defocus=tuple(args.defocus), astig=args.astig, kv=args.kv, cs=args.cs, w=args.amp_contrast,
                         shift_px=args.shift_px, heterogeneity=args.heterogeneity, n_states=args.n_states,
-                        junk_fraction=args.junk_fraction, seed=args.seed, volume=args.volume, batch_size=args.batch_size)
+                        junk_fraction=args.junk_fraction, seed=args.seed, volume=args.volume, batch_size=args.batch_size,
+                        hinge_axis=tuple(args.hinge_axis))
     except ValueError as e: raise _input_error(f'simulate: {e}') from e
     files = simulate_to_dir(cfg, args.outdir, overwrite=args.overwrite, progress=not args.no_progress)
     print(f'simulated {cfg.n_images} images: D={cfg.D} px, Apix={cfg.Apix:g} Å, snr={cfg.snr:g}, '

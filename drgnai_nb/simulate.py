@@ -136,6 +136,7 @@ class SimConfig:
     seed: int = 0 # random seed
     volume: list = None # user `.mrc` volume(s) (one per discrete state); None: the built-in molecule
     batch_size: int = 128 # images rendered per batch
+    hinge_axis: tuple = (0.0, 0.0, 1.0) # direction (x, y, z) the built-in molecule's arm swings about, any length; the default is its superhelix axis
 
     def __post_init__(self):
         if self.D % 2 or self.D < 8: raise ValueError(f'D must be even and >= 8, got {self.D}')
@@ -151,6 +152,11 @@ class SimConfig:
         if self.volume is not None and self.heterogeneity == 'continuous':
             raise ValueError('continuous heterogeneity needs the built-in molecule (a user volume has no hinge)')
         self.defocus = tuple(float(x) for x in self.defocus)
+        ax = tuple(float(x) for x in self.hinge_axis)
+        if len(ax) != 3 or not all(math.isfinite(x) for x in ax) or sum(x * x for x in ax) == 0:
+            raise ValueError(f'hinge_axis must be 3 finite numbers (x, y, z), not all zero, got {self.hinge_axis!r}')
+        if self.volume is not None and ax != (0.0, 0.0, 1.0): raise ValueError('hinge_axis applies to the built-in molecule only, not to a user volume')
+        self.hinge_axis = ax
 
 @dataclass
 class SimResult:
@@ -212,6 +218,7 @@ def simulate(cfg:SimConfig, # the simulation settings
     mol, moving = None, None
     if cfg.volume is None:
         mol = builtin_molecule(D)
+        mol.axis = torch.tensor(cfg.hinge_axis, dtype=torch.float64) / math.sqrt(sum(x * x for x in cfg.hinge_axis))
         if cfg.heterogeneity == 'continuous':  # static part as a voxel volume, the moving arm exactly per particle
             state_vht = [volume_to_ht(blob_volume(mol, D, 0.0, part='static').double(), pad)]
             moving = mol.subset(mol.moving)
@@ -278,7 +285,7 @@ def simulate_to_dir(cfg:SimConfig, # simulation settings
     else: files['volumes'] = [write_mrc(out / f'vol_{k:03d}.mrc', v.numpy(), Apix=cfg.Apix) for k, v in enumerate(sim.volumes)]
     files['labels'] = save_pkl(out / 'labels.pkl', sim.labels.numpy().astype(np.int64))
     files['u'] = save_pkl(out / 'u.pkl', sim.u.numpy().astype(np.float32))
-    d = asdict(cfg); d['defocus'] = list(cfg.defocus)
+    d = asdict(cfg); d['defocus'] = list(cfg.defocus); d['hinge_axis'] = list(cfg.hinge_axis)
     d['volume'] = None if cfg.volume is None else [str(v) for v in cfg.volume]
     d['n_junk'] = int((sim.labels == -1).sum())
     (out / 'sim_config.yaml').write_text(yaml.safe_dump(d, sort_keys=False))

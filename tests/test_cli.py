@@ -82,6 +82,19 @@ def test_simulate_outputs(sim, capsys):
 def test_simulate_bad_config(tmp_path, capsys):
     _fails(capsys, 'simulate', tmp_path / 's', '-D', '33', needles=('D must be even',), absent=(tmp_path / 's' / 'particles.mrcs',))
     _fails(capsys, 'simulate', tmp_path / 's', '--defocus', '2', '1', needles=('defocus',))
+    _fails(capsys, 'simulate', tmp_path / 's', '--hinge-axis', '0', '0', '0', needles=('hinge_axis',), absent=(tmp_path / 's' / 'particles.mrcs',))
+
+
+def test_simulate_hinge_axis(tmp_path):
+    "--hinge-axis swings the arm about another axis: same molecule at u = 0, another state 1; recorded in sim_config.yaml."
+    import yaml
+    args = ['-n', '4', '-D', '16', '--snr', '0', '--heterogeneity', 'discrete', '--n-states', '2', '--no-progress']
+    assert main(['simulate', str(tmp_path / 'z'), *args]) == 0
+    assert main(['simulate', str(tmp_path / 'p'), *args, '--hinge-axis', '0.486', '-0.874', '0']) == 0
+    assert yaml.safe_load((tmp_path / 'p' / 'sim_config.yaml').read_text())['hinge_axis'] == [0.486, -0.874, 0.0]
+    assert yaml.safe_load((tmp_path / 'z' / 'sim_config.yaml').read_text())['hinge_axis'] == [0.0, 0.0, 1.0]
+    v = {k: [io.read_mrc(tmp_path / k / f'vol_{s:03d}.mrc')[0] for s in (0, 1)] for k in 'zp'}
+    assert np.array_equal(v['z'][0], v['p'][0]) and not np.allclose(v['z'][1], v['p'][1], atol=1e-3)
 
 
 def test_backproject_matches_truth(sim, bp):
