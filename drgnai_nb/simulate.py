@@ -153,7 +153,7 @@ class SimConfig:
             raise ValueError('continuous heterogeneity needs the built-in molecule (a user volume has no hinge)')
         self.defocus = tuple(float(x) for x in self.defocus)
         ax = tuple(float(x) for x in self.hinge_axis)
-        if len(ax) != 3 or not all(math.isfinite(x) for x in ax) or sum(x * x for x in ax) == 0:
+        if len(ax) != 3 or not all(math.isfinite(x) for x in ax) or math.hypot(*ax) == 0:
             raise ValueError(f'hinge_axis must be 3 finite numbers (x, y, z), not all zero, got {self.hinge_axis!r}')
         if self.volume is not None and ax != (0.0, 0.0, 1.0): raise ValueError('hinge_axis applies to the built-in molecule only, not to a user volume')
         self.hinge_axis = ax
@@ -218,7 +218,7 @@ def simulate(cfg:SimConfig, # the simulation settings
     mol, moving = None, None
     if cfg.volume is None:
         mol = builtin_molecule(D)
-        mol.axis = torch.tensor(cfg.hinge_axis, dtype=torch.float64) / math.sqrt(sum(x * x for x in cfg.hinge_axis))
+        mol.axis = torch.tensor(cfg.hinge_axis, dtype=torch.float64) / math.hypot(*cfg.hinge_axis)
         if cfg.heterogeneity == 'continuous':  # static part as a voxel volume, the moving arm exactly per particle
             state_vht = [volume_to_ht(blob_volume(mol, D, 0.0, part='static').double(), pad)]
             moving = mol.subset(mol.moving)
