@@ -935,14 +935,16 @@ def compare_to_truth(rundir:str|Path, # a run directory
     refs = [read_mrc(g)[0] for g in gts]
     res = [res05(z, ref) for ref in refs]
     out = {}
-    labels_path = truth / 'labels.pkl'
-    if c.zdim > 0 and len(gts) > 1 and labels_path.exists():
+    lab = None
+    if (truth / 'labels.pkl').exists():
+        lab = np.asarray(load_pkl(truth / 'labels.pkl'))
+        if ind is not None: lab = lab[sel]
+    # a continuous set also has several volumes (points along its motion) but one label: only distinct states get the state figures
+    if c.zdim > 0 and lab is not None and len(gts) == len(np.unique(lab[lab >= 0])) > 1:
         # discrete states: k-means of z into as many clusters as states, matched to the states (Hungarian);
         # each state's map is the decoder at the z of the particle nearest its cluster's mean
         from sklearn.cluster import KMeans
         from drgnai_nb.metrics import cluster_accuracy
-        lab = np.asarray(load_pkl(labels_path))
-        if ind is not None: lab = lab[sel]
         zz = st['conf_table']['weight'].numpy()
         good = lab >= 0  # junk (-1) is left out
         km = KMeans(len(gts), n_init=10, random_state=0).fit(zz[good])
@@ -953,6 +955,20 @@ def compare_to_truth(rundir:str|Path, # a run directory
             zc = zz[members][np.argmin(((zz[members] - km.cluster_centers_[k]) ** 2).sum(1))]
             state_res.append(res05(zc, refs[int(s)]))
         out = {'state_agreement': float(acc), 'state_fsc05_px': [float(x) for x in state_res]}
+        # each true state aligned on its own: the pose error left within the state, and how far the states' frames
+        # are turned against each other (a heterogeneous reconstruction can put part of a conformational change into
+        # the poses: each state's map then sits turned, and its particles' poses with it)
+        rr = np.einsum('ij,njk,kl->nil', np.diag([1.0, 1.0, -1.0]), r, np.diag([1.0, 1.0, -1.0])) if pe.mirror else r
+        lab_r, frames = lab[real], []
+        own, joint = [], []
+        for s in np.unique(lab_r):
+            m = lab == s
+            if m.sum() < 3: continue  # too few particles to fit a rotation
+            ps = pose_error(rr[m], rg[m], try_mirror=False)
+            frames.append(ps.align); own.append(float(np.median(ps.rot))); joint.append(float(np.median(pe.rot[lab_r == s])))
+        ang = [np.degrees(np.arccos(np.clip((np.trace(a @ b.T) - 1) / 2, -1, 1))) for i, a in enumerate(frames) for b in frames[i + 1:]]
+        out.update(state_rotation_median_deg=own, state_rotation_median_joint_deg=joint,
+                   state_frame_spread_deg=float(max(ang)) if ang else 0.0)
     return {'epoch': e, 'n': len(r), 'n_posed': int(real.sum()), 'mirror': bool(pe.mirror), **out,
             'out_of_plane_median_deg': float(np.median(pe.out_of_plane)), 'out_of_plane_mean_deg': float(np.mean(pe.out_of_plane)),
             'in_plane_median_deg': float(np.median(pe.in_plane)), 'in_plane_mean_deg': float(np.mean(pe.in_plane)),
@@ -965,4 +981,7 @@ def format_truth_table(d:dict)->str:
             f"| {d['out_of_plane_median_deg']:.2f} ({d['out_of_plane_mean_deg']:.2f}) | {d['in_plane_median_deg']:.2f} "
             f"({d['in_plane_mean_deg']:.2f}) | {d['trans_median_px']:.3f} ({d['trans_mean_px']:.3f}) | {d['fsc05_px']:.2f} |"
             + (f"\n\nstates: k-means of z agrees with the true states on {100 * d['state_agreement']:.1f} % of particles; "
-               f"state maps FSC=0.5 at {', '.join(f'{x:.2f}' for x in d['state_fsc05_px'])} px" if 'state_agreement' in d else ''))
+               f"state maps FSC=0.5 at {', '.join(f'{x:.2f}' for x in d['state_fsc05_px'])} px" if 'state_agreement' in d else '')
+            + (f"\n\neach state aligned on its own: median rotation error {', '.join(f'{x:.2f}' for x in d['state_rotation_median_deg'])}° "
+               f"(aligned together: {', '.join(f'{x:.2f}' for x in d['state_rotation_median_joint_deg'])}°); the states' frames differ "
+               f"by up to {d['state_frame_spread_deg']:.2f}°" if 'state_frame_spread_deg' in d else ''))

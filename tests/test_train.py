@@ -53,6 +53,41 @@ def test_modes(tiny, tmp_path, mode, zdim, volume):
         assert np.allclose(r, r0, atol=1e-5) and np.allclose(t, t0, atol=1e-5)
 
 
+def test_compare_to_truth_state_frames(tiny, tmp_path):
+    """compare_to_truth on a discrete set aligns each true state on its own: with the true poses every state's frame
+    is the joint one; turning one state's poses by 5° (a map turned with its particles) shows as a 5° spread of the
+    frames, with no error left inside either state while the joint alignment splits the turn between them."""
+    import pickle, shutil
+    from scipy.spatial.transform import Rotation
+    from drgnai_nb.train import compare_to_truth, format_truth_table
+    train(_cfg(tiny, mode='fixed', poses=str(tiny / 'poses.pkl'), zdim=2), tmp_path / 'run', progress=False)
+    d = compare_to_truth(tmp_path / 'run', tiny)
+    assert len(d['state_rotation_median_deg']) == 2 and d['state_frame_spread_deg'] < 0.01
+    assert max(d['state_rotation_median_deg'] + d['state_rotation_median_joint_deg']) < 0.01
+    lab = np.asarray(load_pkl(tiny / 'labels.pkl')); e = latest_epoch(tmp_path / 'run')
+    r, t = load_poses(tmp_path / f'run/pose.{e}.pkl')
+    Q = Rotation.from_rotvec(np.radians(5.0) * np.array([0.6, 0.0, 0.8])).as_matrix()
+    r[lab == 1] = r[lab == 1] @ Q  # state 1's map and poses turned together
+    with open(tmp_path / f'run/pose.{e}.pkl', 'wb') as f: pickle.dump((r.astype(np.float32), t), f)
+    d = compare_to_truth(tmp_path / 'run', tiny)
+    assert abs(d['state_frame_spread_deg'] - 5.0) < 0.05, d['state_frame_spread_deg']
+    assert max(d['state_rotation_median_deg']) < 0.05 and sum(d['state_rotation_median_joint_deg']) > 4.0
+    assert "the states' frames differ by up to 5.00°" in format_truth_table(d)
+
+
+def test_compare_to_truth_continuous(tmp_path):
+    "A continuous set has several volumes (points along its motion) and one label: compare_to_truth gives it no state figures."
+    from drgnai_nb.train import compare_to_truth, format_truth_table
+    sim = tmp_path / 'sim'
+    simulate_to_dir(SimConfig(n_images=48, D=24, snr=1.0, seed=0, heterogeneity='continuous'), sim, progress=False)
+    assert len(sorted(sim.glob('vol_*.mrc'))) >= 2
+    train(TrainConfig.preset('cpu', particles=str(sim / 'particles.mrcs'), ctf=str(sim / 'ctf.pkl'), mode='fixed',
+                             poses=str(sim / 'poses.pkl'), zdim=1, **{**TINY, 'epochs_sgd': 1}), tmp_path / 'run', progress=False)
+    d = compare_to_truth(tmp_path / 'run', sim)
+    assert d['n'] == 48 and d['rotation_median_deg'] < 0.01 and d['fsc05_px'] > 0
+    assert not any(k.startswith('state_') for k in d) and 'states:' not in format_truth_table(d)
+
+
 def test_variability_init_finds_states(tiny, tmp_path):
     "z starts from the residuals' principal 3-D variability once poses are known: the two simulated states separate."
     from drgnai_nb.metrics import cluster_accuracy
