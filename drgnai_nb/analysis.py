@@ -687,6 +687,11 @@ def analyze(rundir:str|Path, # run directory
         if truth is not None:
             junk = np.asarray(pd_tab['junk'].values, bool)
             tm = truth_metrics(run, truth, junk_mask=junk, seed=seed) if run.zdim else dict(summary.get('truth', {}))
+            if run.zdim and (Path(truth) / 'poses.pkl').exists():  # the poses too, with each state's own frame
+                from drgnai_nb.train import compare_to_truth
+                ct = compare_to_truth(run.rundir, truth, run.epoch, ind=run.ind if run.config.get('ind') else None)
+                tm.update({k: ct[k] for k in ('out_of_plane_median_deg', 'in_plane_median_deg', 'rotation_median_deg', 'trans_median_px',
+                                              'state_rotation_median_deg', 'state_rotation_median_joint_deg', 'state_frame_spread_deg') if k in ct})
             bad = _true_junk(run, truth) if (Path(truth) / 'labels.pkl').exists() else np.zeros(run.N, bool)
             for name, col in (('junk', 'junk'), ('junk_fit', 'junk_fit'), ('junk_znorm', 'junk_znorm')):
                 if col in pd_tab and bad.any():

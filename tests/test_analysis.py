@@ -71,6 +71,9 @@ def test_analyze_heterogeneous(data, capsys):
     a = data['het'] / 'analyze.0'
     s = json.loads((a / 'summary.json').read_text())
     assert s['embedding'] == 'z' and len(s['pca_explained_variance_ratio']) == 2 and 'ari_kmeans_nonjunk' in s['truth']
+    # the poses against the truth too (the run used the true poses), each state aligned on its own
+    assert s['truth']['rotation_median_deg'] < 0.01 and s['truth']['state_frame_spread_deg'] < 0.01 and len(s['truth']['state_rotation_median_deg']) == 2
+    assert 'rotation_median_deg' in out and 'state_frame_spread_deg' in out
     assert s['junk']['rule'] == 'fit' and 'ashman_d' in s['junk']['fit'] and 'n_junk' in s['junk']['znorm']
     assert load_pkl(a / 'kmeans4/labels.pkl').shape == (48,) and load_pkl(a / 'gmm4/labels.pkl').shape == (48,)
     assert sorted(p.name for p in (a / 'kmeans4').glob('vol_*.mrc')) == [f'vol_00{i}.mrc' for i in range(4)]
