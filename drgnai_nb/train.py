@@ -959,8 +959,7 @@ def compare_to_truth(rundir:str|Path, # a run directory
         # are turned against each other (a heterogeneous reconstruction can put part of a conformational change into
         # the poses: each state's map then sits turned, and its particles' poses with it)
         rr = np.einsum('ij,njk,kl->nil', np.diag([1.0, 1.0, -1.0]), r, np.diag([1.0, 1.0, -1.0])) if pe.mirror else r
-        lab_r, frames = lab[real], []
-        own, joint = [], []
+        lab_r, frames, own, joint = lab[real], [], [], []
         for s in np.unique(lab_r):
             m = lab == s
             if m.sum() < 3: continue  # too few particles to fit a rotation
