@@ -899,7 +899,8 @@ def compare_to_truth(rundir:str|Path, # a run directory
                     )->dict:
     "Pose errors and map resolution of a run against simulated ground truth."
     from drgnai_nb.io import read_mrc, load_pkl
-    from drgnai_nb.metrics import pose_error, fsc, align_translation
+    from drgnai_nb.metrics import pose_error, fsc, align_translation, _F
+    from drgnai_nb.so3 import geodesic_distance
     rundir, truth = Path(rundir), Path(truth)
     e = latest_epoch(rundir) if epoch is None else epoch
     if e is None: raise FileNotFoundError(f'no checkpoint in {rundir}')
@@ -958,16 +959,16 @@ def compare_to_truth(rundir:str|Path, # a run directory
         # each true state aligned on its own: the pose error left within the state, and how far the states' frames
         # are turned against each other (a heterogeneous reconstruction can put part of a conformational change into
         # the poses: each state's map then sits turned, and its particles' poses with it)
-        rr = np.einsum('ij,njk,kl->nil', np.diag([1.0, 1.0, -1.0]), r, np.diag([1.0, 1.0, -1.0])) if pe.mirror else r
+        rr = _F @ r @ _F if pe.mirror else r
         lab_r, frames, own, joint = lab[real], [], [], []
         for s in np.unique(lab_r):
             m = lab == s
             if m.sum() < 3: continue  # too few particles to fit a rotation
             ps = pose_error(rr[m], rg[m], try_mirror=False)
             frames.append(ps.align); own.append(float(np.median(ps.rot))); joint.append(float(np.median(pe.rot[lab_r == s])))
-        ang = [np.degrees(np.arccos(np.clip((np.trace(a @ b.T) - 1) / 2, -1, 1))) for i, a in enumerate(frames) for b in frames[i + 1:]]
-        out.update(state_rotation_median_deg=own, state_rotation_median_joint_deg=joint,
-                   state_frame_spread_deg=float(max(ang)) if ang else 0.0)
+        A = torch.as_tensor(np.stack(frames)) if len(frames) > 1 else None  # the largest angle between two states' frames
+        spread = 0.0 if A is None else float(torch.rad2deg(geodesic_distance(A[:, None], A[None])).max())
+        out.update(state_rotation_median_deg=own, state_rotation_median_joint_deg=joint, state_frame_spread_deg=spread)
     return {'epoch': e, 'n': len(r), 'n_posed': int(real.sum()), 'mirror': bool(pe.mirror), **out,
             'out_of_plane_median_deg': float(np.median(pe.out_of_plane)), 'out_of_plane_mean_deg': float(np.mean(pe.out_of_plane)),
             'in_plane_median_deg': float(np.median(pe.in_plane)), 'in_plane_mean_deg': float(np.mean(pe.in_plane)),
