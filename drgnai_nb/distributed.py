@@ -46,7 +46,13 @@ def init_distributed(device:str='auto', # the config's device: 'auto', 'cpu', 'c
     rank, world, local = dist_env()
     cuda = torch.cuda.is_available() and device != 'cpu'
     backend = 'nccl' if cuda else 'gloo'
-    if cuda: torch.cuda.set_device(local % torch.cuda.device_count())
+    if cuda:  # NCCL refuses two processes on one GPU ('invalid usage'): say so before the group is joined
+        n_local, n_gpu = int(os.environ.get('LOCAL_WORLD_SIZE', world)), torch.cuda.device_count()
+        if n_local > n_gpu:
+            raise DrgnaiInputError(f'distributed training: {n_local} processes on this machine but {n_gpu} CUDA GPU(s); NCCL needs '
+                                   f'one GPU per process. Launch with --nproc-per-node {n_gpu} or fewer, or train on the CPU '
+                                   f'(gloo) with --set device=cpu')
+        torch.cuda.set_device(local)
     if not dist.is_initialized():
         if 'MASTER_ADDR' not in os.environ:
             raise DrgnaiInputError('distributed training: MASTER_ADDR/MASTER_PORT are not set; launch with torchrun '

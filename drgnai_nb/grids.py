@@ -100,7 +100,8 @@ def hopf_to_quat(theta, # (...) colatitude of the S² point, radians
                  psi, # (...) in-plane (fibre) angle, radians
                 )->Tensor: # (..., 4) float64 unit quaternions (w, x, y, z), w >= 0
     "Quaternion (our convention, `so3.quat_to_R`) of the grid pose with Hopf coordinates (θ, φ, ψ)."
-    theta, phi, psi = torch.broadcast_tensors(*(torch.as_tensor(a, dtype=torch.float64) for a in (theta, phi, psi)))
+    dev = next((a.device for a in (theta, phi, psi) if isinstance(a, Tensor)), None)  # a scalar angle joins the tensors' device
+    theta, phi, psi = torch.broadcast_tensors(*(torch.as_tensor(a, dtype=torch.float64, device=dev) for a in (theta, phi, psi)))
     ct, st, a = torch.cos(theta / 2), torch.sin(theta / 2), phi + psi / 2
     q = torch.stack([st * torch.sin(a), -ct * torch.cos(psi / 2), -ct * torch.sin(psi / 2), -st * torch.cos(a)], -1)
     return q * torch.where(q[..., :1] < 0, -1.0, 1.0)

@@ -848,8 +848,8 @@ class Trainer:
         return z[np.argmin(((z - z.mean(0)) ** 2).sum(1))]
 
     def volume(self, z=None)->Tensor:
-        "The current map (D, D, D), in the data's normalised units × σ."
-        return eval_volume(self.model, z=self.reference_z() if z is None else z, norm=(0.0, self.ds.norm[1]))
+        "The current map (D, D, D) on the CPU (whatever the run's device), in the data's normalised units × σ."
+        return eval_volume(self.model, z=self.reference_z() if z is None else z, norm=(0.0, self.ds.norm[1])).cpu()
 
     def save(self, epoch:int):
         "Checkpoint epoch `epoch`: weights, poses, conformations, map (each written atomically)."
@@ -883,7 +883,7 @@ class Trainer:
         self.poses.load_state_dict(st['pose_table']); self.opt_pose.load_state_dict(st['pose_optimizer'])
         self.conf.load_state_dict(st['conf_table']); self.opt_conf.load_state_dict(st['conf_optimizer'])
         self.history, self.pretrained, self.epoch = st['history'], st['pretrained'], st['epoch']
-        self.rng.bit_generator.state = st['rng']; torch.set_rng_state(st['torch_rng'])
+        self.rng.bit_generator.state = st['rng']; torch.set_rng_state(st['torch_rng'].cpu())  # map_location moved it to the device
         self.scaler.load_state_dict(st.get('amp_scaler') or {})  # fp16 runs: the loss scale reached
         self.log(f'resumed from {path} (epoch {self.epoch})')
 

@@ -12,7 +12,7 @@ from drgnai_nb.train import TrainConfig, Trainer, train, latest_epoch
 from drgnai_nb.cli import main
 
 SMALL = dict(dim=32, pe_dim=8, layers=2, lr=1e-3, l_start=6, l_end=10, t_extent=2.0, t_n_grid=3, refine_levels=2,
-             batch_size_sgd=16, batch_size_known_poses=16)
+             batch_size_sgd=16, batch_size_known_poses=16, device='cpu')  # the CPU's behaviour, also where a GPU is present (tests/test_cuda.py has the GPU's)
 
 
 @pytest.fixture(scope='module')
@@ -85,8 +85,8 @@ def test_amp_field_from_cli_and_old_config(data, tmp_path, capsys):
     out = tmp_path / 'cli'
     args = ['train', str(out), '--particles', str(data / 'particles.mrcs'), '--ctf', str(data / 'ctf.pkl'),
             '--poses', str(data / 'poses.pkl'), '--mode', 'fixed', '--preset', 'cpu', '--no-progress',
-            '--set', 'dim=32', 'pe_dim=8', 'epochs_sgd=1']
-    assert main(args[:-4] + ['--set', 'amp=half']) == 2
+            '--set', 'dim=32', 'pe_dim=8', 'device=cpu', 'epochs_sgd=1']
+    assert main(args[:-5] + ['--set', 'amp=half']) == 2
     assert "'amp'" in capsys.readouterr().err and not out.exists()
     assert main(args + ['amp=bf16', 'reader=mmap', 'shuffle_chunk=32']) == 0
     saved = yaml.safe_load((out / 'config.yaml').read_text())
