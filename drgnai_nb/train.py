@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['AMP_MODES', 'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'TrainConfig', 'parse_set',
            'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components',
-           'spectral_coordinates', 'TrainingDiverged', 'latest_epoch', 'Trainer', 'train', 'compare_to_truth',
-           'format_truth_table']
+           'spectral_coordinates', 'TrainingDiverged', 'decode_budget', 'latest_epoch', 'Trainer', 'train',
+           'compare_to_truth', 'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #37ac8a05
 import contextlib, math, os, re, time, json, shutil
@@ -104,7 +104,7 @@ class TrainConfig:
     reader: str = 'pread' # lazy reads: 'pread' (positioned reads: memory = the batch) or 'mmap' (memory map; touched pages count toward the resident set)
     shuffle_chunk: int = 0 # 0: a fresh random order of all particles each epoch; K > 0: shuffling buffer, chunks of K consecutive particles (slow disks)
     shuffle_buffer: int = 16 # chunks shuffled together when shuffle_chunk > 0
-    decode_max_elems: int = 2**24 # peak memory of decoding: batch × points × width of activations held at once (4 bytes each, ×~3 with gradients)
+    decode_max_elems: int = 0 # peak memory of decoding: batch × points × width of activations held at once (4 bytes each, ×~3 with gradients); 0: 2**24 on the CPU, 2**27 on a GPU
     search_max_elems: int = 2**26 # peak memory of the pose search: images × shifts × rotations scored at once
     # --- what is reconstructed
     mode: str = 'abinit' # 'abinit' (search poses), 'refine' (start from --poses), 'fixed' (use --poses)
@@ -193,7 +193,8 @@ class TrainConfig:
         if self.amp not in AMP_MODES: bad('amp', f'one of {AMP_MODES}')
         if self.reader not in MRC_READERS: bad('reader', f'one of {MRC_READERS}')
         if self.shuffle_chunk < 0: bad('shuffle_chunk', 'an integer >= 0 (0: full shuffle)')
-        if self.decode_max_elems < 2**16 or self.search_max_elems < 2**10: bad('decode_max_elems', 'decode_max_elems >= 65536 and search_max_elems >= 1024')
+        if 0 < self.decode_max_elems < 2**16 or self.decode_max_elems < 0 or self.search_max_elems < 2**10:
+            bad('decode_max_elems', 'decode_max_elems 0 (automatic) or >= 65536, and search_max_elems >= 1024')
         if self.shuffle_buffer < 1: bad('shuffle_buffer', 'an integer >= 1')
         for f, lo in (('research_base_order', 0), ('research_n_kept', 1), ('research_l_start', 1)):
             if getattr(self, f) < lo: bad(f, f'an integer >= {lo}')
@@ -440,6 +441,13 @@ def _pick_device(name:str)->torch.device:
     if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     return torch.device(name)
 
+def decode_budget(max_elems:int, # `TrainConfig.decode_max_elems`; 0: automatic
+                  device, # the run's torch device
+                 )->int: # bound on batch × points × width of decoder activations held at once
+    "A run's decoding bound: the configured one, else 2**24 on the CPU and 2**27 on a GPU."
+    if max_elems: return int(max_elems)
+    return 2**27 if torch.device(device).type == 'cuda' else 2**24
+
 def latest_epoch(outdir:str|Path)->int|None:
     "The highest epoch with a complete checkpoint `weights.E.pt` in a run directory (None if none)."
     es = [int(m.group(1)) for p in Path(outdir).glob('weights.*.pt') if (m := re.fullmatch(r'weights\.(\d+)\.pt', p.name))]
@@ -489,7 +497,7 @@ class Trainer:
         self.opt_conf = torch.optim.SparseAdam(list(self.conf.parameters()), lr=cfg.lr_conf_table)
         # --- mixed precision: the decoder under autocast, losses and scores in float32, fp16 gradients scaled
         self.amp, self.amp_dtype = cfg.amp, amp_dtype(self.device, cfg.amp)
-        models_module.DECODE_MAX_ELEMS = cfg.decode_max_elems  # every decoder evaluation of this process is chunked to this bound
+        models_module.DECODE_MAX_ELEMS = decode_budget(cfg.decode_max_elems, self.device)  # every decoder evaluation of this process is chunked to this bound
         self.scaler, self.scaler_z = AmpScaler(self.device, cfg.amp), AmpScaler(self.device, cfg.amp)  # z-only steps: their own scale
         # --- schedule: epochs 0..n_hps-1 search poses, then SGD epochs
         self.n_hps_epochs = math.ceil(cfg.n_imgs_pose_search / self.N) if cfg.mode == 'abinit' else 0
