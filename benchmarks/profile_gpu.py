@@ -5,9 +5,8 @@ with variants of the settings that change speed (mixed precision, decoding chunk
     python benchmarks/profile_gpu.py                     # CUDA if present, box 128, 2,048 images
     python benchmarks/profile_gpu.py -n 1024 --device cpu -D 64 --variants base
 """
-import argparse, json, os, sys, time
+import argparse, json, os, time
 from pathlib import Path
-import numpy as np
 import torch
 
 

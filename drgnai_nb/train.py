@@ -864,7 +864,7 @@ class Trainer:
         r, t = self.current_poses()
         save_poses(self.out / f'pose.{epoch}.pkl', r.numpy().astype(np.float32), (t / self.D).numpy().astype(np.float32))
         if self.cfg.zdim > 0: save_pkl(self.out / f'z.{epoch}.pkl', self.z_all())
-        write_mrc(self.out / f'reconstruct.{epoch}.mrc', self.volume().cpu().numpy(), Apix=self.apix)
+        write_mrc(self.out / f'reconstruct.{epoch}.mrc', self.volume().numpy(), Apix=self.apix)
         state = {'epoch': epoch, 'config': self.cfg.to_dict(), 'model_state_dict': self.model.state_dict(),
                  'optimizer_state_dict': self.opt_model.state_dict(), 'pose_table': self.poses.state_dict(),
                  'pose_optimizer': self.opt_pose.state_dict(), 'conf_table': self.conf.state_dict(),

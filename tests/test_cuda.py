@@ -2,7 +2,6 @@
 GPU against the CPU's in float32 and under bf16 autocast, fp16 training with its gradient scaler, and the command line's
 train → analyze on a GPU. Every test here is marked `cuda` and skipped where no CUDA GPU is found (tests/conftest.py);
 the rest of the suite runs on the GPU too when one is present, since training picks `device='auto'`."""
-from pathlib import Path
 import numpy as np
 import pytest
 import torch
@@ -95,7 +94,7 @@ def test_fp16_training_with_scaler(homo, tmp_path):
     assert rot['off'] < 8 and abs(rot['fp16'] - rot['off']) < 1.5, rot
 
 
-def test_cli_abinit_heterogeneous_on_gpu(tmp_path, capsys):
+def test_cli_abinit_heterogeneous_on_gpu(tmp_path):
     "`train` without --device picks the GPU; an ab initio heterogeneous run (bf16 by default) then `analyze` both run there."
     from drgnai_nb.cli import main
     d = tmp_path / 'sim'
@@ -109,7 +108,8 @@ def test_cli_abinit_heterogeneous_on_gpu(tmp_path, capsys):
     log = (run / 'run.log').read_text()
     assert 'cuda' in log, log[:2000]
     e = latest_epoch(run)
-    assert load_pkl(run / f'z.{e}.pkl').shape == (256, 2) and np.isfinite(load_pkl(run / f'z.{e}.pkl')).all()
+    z = load_pkl(run / f'z.{e}.pkl')
+    assert z.shape == (256, 2) and np.isfinite(z).all()
     code = main(['analyze', str(run), '--ksample', '4', '--pc', '1', '--n-per-pc', '2', '--truth', str(d)])
     assert code in (0, None)
     vols = sorted((run / f'analyze.{e}').rglob('*.mrc'))
