@@ -1,0 +1,151 @@
+"""Where does a heterogeneous ab initio run lose its states? Diagnoses a trained run on a simulated set
+(`drgnai-nb simulate --heterogeneity discrete|continuous`) against the ground truth, in four steps:
+
+1. **Clusters and poses**: the adjusted Rand index of k-means on the final z (k = the number of states, junk left out),
+   its confusion table, and the pose error of the particles it puts in the right and in the wrong state.
+2. **z from the poses alone**: the run's own variability step (`Trainer.variability_init`, the z start and re-estimate of
+   the `cpu` preset) applied to the run's poses, to the true poses carried into the run's frame, and to the run's poses
+   with the true ones put back only where the run's are off by more than X degrees. This measures how much of the
+   shortfall each band of pose error costs.
+3. **Search failure or model limit?** For particles in bands of pose error, the fit against the run's conformation-group
+   maps (the maps its refinement passes use) after local refinement from the run's pose and from the true pose. If the
+   run's pose fits better, a better search cannot help: the learned maps prefer the wrong pose.
+4. **Evidence in the images**: the share of particles whose best-fitting TRUE state map (at the true pose, and after
+   local refinement against each state map) is their own state: what perfect maps would allow.
+
+    python benchmarks/diagnose_states.py RUNDIR SIMDIR                 # all four
+    python benchmarks/diagnose_states.py RUNDIR SIMDIR --bands 6 --max-particles 300
+"""
+import argparse, os, time
+from pathlib import Path
+import numpy as np
+import torch
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('rundir'); p.add_argument('simdir')
+    p.add_argument('--bands', default='3,6', help='step 2: put the true poses back where the run is off by more than these, degrees')
+    p.add_argument('--max-particles', type=int, default=200, help='steps 3 and 4: particles per error band / in all')
+    p.add_argument('--groups', type=int, default=0, help='step 3: conformation groups (0: the run\'s refine_z_groups)')
+    p.add_argument('--threads', type=int, default=os.cpu_count()); p.add_argument('--seed', type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    import yaml
+    from sklearn.cluster import KMeans
+    from scipy.stats import spearmanr
+    from drgnai_nb.train import TrainConfig, Trainer, conformation_groups, cache_from_model
+    from drgnai_nb.hps import VolumeCache, local_refine
+    from drgnai_nb.forward import volume_to_ht
+    from drgnai_nb.io import load_pkl, load_poses, read_mrc
+    from drgnai_nb.metrics import adjusted_rand_index, pose_error, rotation_angle
+    run, sim = Path(a.rundir), Path(a.simdir)
+    from drgnai_nb.analysis import _resolve
+    d = yaml.safe_load(open(run / 'config.yaml'))
+    for f in ('particles', 'ctf', 'poses', 'ind', 'datadir'):  # paths as the run wrote them: as given, else from the run directory
+        if d.get(f): d[f] = str(_resolve(d[f], run))
+    cfg = TrainConfig.from_dict(d)
+    if cfg.zdim == 0 or cfg.mode == 'fixed': raise SystemExit(f'{run}: needs a heterogeneous run that estimated its poses (zdim {cfg.zdim}, mode {cfg.mode})')
+    tr = Trainer(cfg, run, load='latest', progress=False)
+    sel = tr.src.indices
+    lab = np.asarray(load_pkl(sim / 'labels.pkl'))[sel]; good = lab >= 0
+    u = np.asarray(load_pkl(sim / 'u.pkl'))[sel]
+    n_states = len(np.unique(lab[good])); discrete = n_states > 1
+    Rt, tt = load_poses(sim / 'poses.pkl'); Rt = np.asarray(Rt, np.float64)[sel]; tt = np.asarray(tt, np.float64)[sel] * tr.D
+    Rr, trr = (x.double() for x in tr.current_poses())
+    g = torch.Generator().manual_seed(a.seed)
+
+    def score(z):  # ARI of k-means (k = n_states) or |Spearman rho| of PC1 with u, junk left out
+        z = np.asarray(z)[good]
+        if discrete:
+            pred = KMeans(n_states, n_init=10, random_state=a.seed).fit(z).labels_
+            return adjusted_rand_index(lab[good], pred), pred
+        zc = z - z.mean(0); pc1 = zc @ np.linalg.svd(zc.T @ zc)[0][:, 0]
+        return abs(spearmanr(pc1, u[good]).statistic), None
+    what = 'ARI' if discrete else '|rho| of PC1'
+
+    # 1. clusters and poses
+    pe = pose_error(Rr.numpy()[good], Rt[good], trr.numpy()[good], tt[good], try_mirror=True)
+    err = np.full(tr.N, np.nan); err[good] = pe.rot
+    s0, pred = score(tr.z_all())
+    print(f'run {run} (epoch {tr.epoch}): {what} of the final z {s0:.3f}; pose error median {np.median(pe.rot):.2f}°, '
+          f'90th percentile {np.percentile(pe.rot, 90):.2f}°, mirror {pe.mirror}')
+    if discrete:
+        from scipy.optimize import linear_sum_assignment
+        C = np.zeros((n_states, n_states), int); states = np.unique(lab[good])
+        np.add.at(C, (np.searchsorted(states, lab[good]), pred), 1)
+        r_, c_ = linear_sum_assignment(-C); right = (r_[np.argsort(c_)][pred] == np.searchsorted(states, lab[good]))
+        print(f'confusion (rows: true states, columns: clusters):\n{C}')
+        print(f'right state {right.mean():.3f}: pose error median {np.median(pe.rot[right]):.2f}° (right) / '
+              f'{np.median(pe.rot[~right]):.2f}° (wrong); off by > 10°: {np.mean(pe.rot[right] > 10):.3f} / {np.mean(pe.rot[~right] > 10):.3f}')
+    # the true poses in the run's frame: rotations through the alignment, shifts through the fitted 3-D shift
+    flip = np.diag([1.0, 1.0, -1.0])
+    Rt_run = Rt @ pe.align.T
+    if pe.mirror: Rt_run = flip @ Rt_run @ flip
+    tt_run = tt + Rt[:, :2, :] @ pe.shift
+    if pe.mirror: print('(the run has the other hand: steps 2 and 3 carry the true poses over mirrored)')
+
+    # 2. z from the poses alone (the run's variability step)
+    z_run = torch.as_tensor(tr.z_all()).clone()
+    def var_z(R, t):
+        tr.poses.set(torch.arange(tr.N), torch.as_tensor(R).float(), torch.as_tensor(t).float())
+        with torch.no_grad(): tr.conf.weight[:] = z_run.to(tr.conf.weight)
+        tr.variability_init(); return score(tr.z_all())[0]
+    t0 = time.time()
+    print(f'step 2, {what} of z from the variability step: run poses {var_z(Rr, trr):.3f}; '
+          f'true poses {var_z(Rt_run, tt_run):.3f}', end='', flush=True)
+    for b in (float(x) for x in a.bands.split(',') if x):
+        off = torch.as_tensor(good & (np.nan_to_num(err) > b))
+        R = torch.where(off[:, None, None], torch.as_tensor(Rt_run), Rr); t = torch.where(off[:, None], torch.as_tensor(tt_run), trr)
+        print(f'; true poses for the {int(off.sum())} off by > {b:g}°: {var_z(R, t):.3f}', end='', flush=True)
+    print(f' ({time.time() - t0:.0f} s)')
+    tr.poses.set(torch.arange(tr.N), Rr.float(), trr.float())
+    with torch.no_grad(): tr.conf.weight[:] = z_run.to(tr.conf.weight)
+
+    # 3. search failure or model limit: fits against the run's group maps
+    D, full = tr.D, torch.ones(tr.lat.D ** 2, dtype=torch.bool, device=tr.device)
+    kw = dict(radius=D // 2, delta_deg=cfg.refine_delta_deg, shift_step=cfg.refine_shift_px, n_levels=cfg.refine_levels, lattice=tr.lat)
+    tr.model.eval()
+    with torch.no_grad():
+        cen, assign = conformation_groups(z_run, a.groups or cfg.refine_z_groups, seed=cfg.seed)
+        caches = [cache_from_model(tr.model, D, D // 2, cen[j:j + 1].to(tr.device), oversample=2) for j in range(len(cen))]
+        edges = [0, 3, 6, 10, 30, 180]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            band = np.flatnonzero(good & (np.nan_to_num(err) > lo) & (np.nan_to_num(err) <= hi))
+            if len(band) == 0: continue
+            band = np.sort(band[torch.randperm(len(band), generator=g)[:a.max_particles].numpy()])
+            e_run, e_true, moved = [], [], []
+            for j in np.unique(assign.numpy()[band]):
+                s = torch.as_tensor(band[assign.numpy()[band] == j])
+                y, ctf = tr.ds.get_batch(s.numpy()).to(tr.device), tr._ctf(s.to(tr.device), full)
+                e_run.append(local_refine(y, ctf, caches[j], Rr[s].float(), trr[s].float(), **kw)[2])
+                R2, _, e2 = local_refine(y, ctf, caches[j], torch.as_tensor(Rt_run[s.numpy()]).float(), torch.as_tensor(tt_run[s.numpy()]).float(), **kw)
+                e_true.append(e2); moved.append(torch.as_tensor(rotation_angle(R2.double().cpu().numpy(), Rt_run[s.numpy()])))
+            e_run, e_true, moved = torch.cat(e_run).cpu(), torch.cat(e_true).cpu(), torch.cat(moved)
+            print(f'step 3, pose error ({lo}°, {hi}°], {len(band)} particles: the refined true pose fits the group maps better for '
+                  f'{float((e_true < e_run).float().mean()):.2f} of them (median fit gain of the run pose {float((e_true - e_run).median()):.2f}); '
+                  f'refinement moves the true pose {float(moved.median()):.2f}°')
+
+        # 4. evidence with the true state maps (discrete sets)
+        vols = sorted(sim.glob('vol_*.mrc'))
+        if discrete and len(vols) == n_states:
+            tcache = [VolumeCache.from_volume_ht(volume_to_ht(torch.as_tensor(read_mrc(f)[0]), pad=2).to(tr.device) / float(tr.ds.norm[1]),
+                                                 D // 2, oversample=2, D=D) for f in vols]
+            pick = np.flatnonzero(good); pick = np.sort(pick[torch.randperm(len(pick), generator=g)[:a.max_particles].numpy()])
+            m = tr.lat.get_circular_mask(D // 2); k = tr.lat.coords[m]
+            E0, E1 = [], []
+            for s0_ in range(0, len(pick), 128):
+                s = torch.as_tensor(pick[s0_:s0_ + 128])
+                y, ctf = tr.ds.get_batch(s.numpy()).to(tr.device), tr._ctf(s.to(tr.device), full)
+                Rs, ts = torch.as_tensor(Rt[s.numpy()]).float().to(tr.device), torch.as_tensor(tt[s.numpy()]).float().to(tr.device)
+                yy = tr.lat.translate_ht(y.reshape(len(s), -1)[:, m], ts, mask=m)
+                E0.append(torch.stack([((yy - ctf[:, m] * c.slices(Rs[None], k)[0]) ** 2).sum(1) for c in tcache], 1))
+                E1.append(torch.stack([local_refine(y, ctf, c, Rs, ts, **kw)[2] for c in tcache], 1))
+            L = torch.as_tensor(np.searchsorted(np.unique(lab[good]), lab[pick]))
+            acc0, acc1 = (float((torch.cat(E).argmin(1).cpu() == L).float().mean()) for E in (E0, E1))
+            print(f'step 4, {len(pick)} particles: the true state map that fits best is their own for {acc0:.3f} at the true pose, '
+                  f'{acc1:.3f} after local refinement against each map')
+
+
+if __name__ == '__main__':
+    main()
