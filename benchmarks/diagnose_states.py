@@ -38,9 +38,9 @@ def main(argv=None):
     from drgnai_nb.hps import VolumeCache, local_refine
     from drgnai_nb.forward import volume_to_ht
     from drgnai_nb.io import load_pkl, load_poses, read_mrc
-    from drgnai_nb.metrics import adjusted_rand_index, pose_error, rotation_angle
-    run, sim = Path(a.rundir), Path(a.simdir)
+    from drgnai_nb.metrics import adjusted_rand_index, cluster_accuracy, pose_error, rotation_angle
     from drgnai_nb.analysis import _resolve
+    run, sim = Path(a.rundir), Path(a.simdir)
     d = yaml.safe_load(open(run / 'config.yaml'))
     for f in ('particles', 'ctf', 'poses', 'ind', 'datadir'):  # paths as the run wrote them: as given, else from the run directory
         if d.get(f): d[f] = str(_resolve(d[f], run))
@@ -71,11 +71,11 @@ def main(argv=None):
     print(f'run {run} (epoch {tr.epoch}): {what} of the final z {s0:.3f}; pose error median {np.median(pe.rot):.2f}°, '
           f'90th percentile {np.percentile(pe.rot, 90):.2f}°, mirror {pe.mirror}')
     if discrete:
-        from scipy.optimize import linear_sum_assignment
-        C = np.zeros((n_states, n_states), int); states = np.unique(lab[good])
-        np.add.at(C, (np.searchsorted(states, lab[good]), pred), 1)
-        r_, c_ = linear_sum_assignment(-C); right = (r_[np.argsort(c_)][pred] == np.searchsorted(states, lab[good]))
+        C = np.zeros((n_states, n_states), int)
+        np.add.at(C, (np.searchsorted(np.unique(lab[good]), lab[good]), pred), 1)
         print(f'confusion (rows: true states, columns: clusters):\n{C}')
+        mapping = cluster_accuracy(lab[good], pred, return_mapping=True)[1]  # cluster -> its matched true state
+        right = np.array([mapping.get(q) for q in pred]) == lab[good]
         print(f'right state {right.mean():.3f}: pose error median {np.median(pe.rot[right]):.2f}° (right) / '
               f'{np.median(pe.rot[~right]):.2f}° (wrong); off by > 10°: {np.mean(pe.rot[right] > 10):.3f} / {np.mean(pe.rot[~right] > 10):.3f}')
     # the true poses in the run's frame: rotations through the alignment, shifts through the fitted 3-D shift
