@@ -579,6 +579,7 @@ def add_train(sub):
                     'reconstruct.E.mrc (true pixel size), config.yaml, run.log and learning_curve.csv.',
         example='drgnai-nb train run/ --particles sim/particles.mrcs --ctf sim/ctf.pkl --preset cpu\n'
                 'drgnai-nb train run/ --particles P.star --datadir stacks/ --ctf ctf.pkl --zdim 4 --set epochs_sgd=50\n'
+                'drgnai-nb train run/ --particles P.star --ctf ctf.pkl --zdim 4 --classes 3   # three states expected\n'
                 'drgnai-nb train run/ --load latest     # resume an interrupted run', progress=True)
     p.add_argument('outdir', metavar='OUTDIR', help='run directory')
     p.add_argument('--particles', metavar='P', help='particles: .mrcs, .mrc, .star, .cs or .txt')
@@ -586,6 +587,8 @@ def add_train(sub):
     p.add_argument('--poses', metavar='POSES', help='pose pickle (required for --mode refine/fixed)')
     p.add_argument('--datadir', metavar='DIR', help='folder of the stacks named in a .star/.cs')
     p.add_argument('--zdim', type=int, metavar='Z', help='conformation size; 0 = homogeneous (default 0)')
+    p.add_argument('--classes', type=int, metavar='K', help='heterogeneous runs: 3-D classification into K states before the last\n'
+                   'epoch (sets classify_k=K and, unless given, classify_rounds=3; 0: none)')
     p.add_argument('--mode', choices=['abinit', 'refine', 'fixed'], help='pose estimation (default abinit)')
     p.add_argument('--ind', metavar='IND', help='index pickle selecting particles')
     p.add_argument('--preset', choices=['cpu', 'gpu'], help='size of model and search (default: gpu if CUDA is available, else cpu)')
@@ -620,6 +623,9 @@ def train_config_from_args(args, cuda:bool=None):
         v = getattr(args, a, None)
         if v is not None: d[k] = v
     if getattr(args, 'uninvert_data', False): d['invert'] = False
+    if getattr(args, 'classes', None) is not None:
+        d['classify_k'] = args.classes
+        d['classify_rounds'] = (d.get('classify_rounds') or 3) if args.classes else 0
     return TrainConfig.preset(preset, **parse_set(d, args.set)), note  # the user's fields over the preset's for this zdim
 
 def run_train(args):

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['AMP_MODES', 'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'TrainConfig', 'parse_set',
            'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components',
-           'spectral_coordinates', 'TrainingDiverged', 'decode_budget', 'latest_epoch', 'Trainer', 'train',
-           'compare_to_truth', 'format_truth_table']
+           'spectral_coordinates', 'class_half_maps', 'TrainingDiverged', 'decode_budget', 'latest_epoch', 'Trainer',
+           'train', 'compare_to_truth', 'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #37ac8a05
 import contextlib, math, os, re, time, json, shutil
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from .io import DrgnaiInputError, MRC_READERS, load_ctf, load_poses, load_ind, save_pkl, save_poses, atomic_write, write_mrc
-from .forward import trilinear_corners
+from .forward import trilinear_corners, VoxelBackprojector, volume_to_ht
 from .data import ImageSource, ParticleDataset
 from .lattice import Lattice
 from .ctf import ctf_from_params
@@ -155,6 +155,8 @@ class TrainConfig:
     z_reestimate: bool = False # with z_init='variability': estimate z again after each pose-refinement pass of the SGD phase's second half (better poses give better z), rotated onto the current z
     hps_z_groups: int = 4 # heterogeneous runs: conformation groups per search batch (each searched against its mean z)
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
+    classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
+    classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
     # --- loss mask
     output_mask: str = 'circ' # 'circ' (radius D/2) or 'frequency_marching'
     l_start_fm: int = 12 # frequency marching: first radius, px
@@ -184,6 +186,8 @@ class TrainConfig:
         if self.z_init_components < 1: bad('z_init_components', 'an integer >= 1')
         if self.z_init_embed not in ('spectral', 'linear'): bad('z_init_embed', "'spectral' or 'linear'")
         if self.z_init_neighbors < 0: bad('z_init_neighbors', 'an integer >= 0 (0: automatic)')
+        if self.classify_rounds < 0 or self.classify_k < 0: bad('classify_rounds', 'integers >= 0 (classify_rounds, classify_k)')
+        if self.classify_rounds and self.classify_k < 2: bad('classify_k', 'the number of states to classify into (>= 2) when classify_rounds > 0')
         for f in ('hps_z_groups', 'refine_z_groups'):
             if getattr(self, f) < 1: bad(f, 'an integer >= 1')
         for f in ('n_imgs_pretrain', 'n_imgs_pose_search', 'epochs_sgd'):
@@ -433,6 +437,46 @@ def spectral_coordinates(a:Tensor, # (N, K) points: the particles' variability a
         out[rest] = (wr[..., None] * c[nbr]).sum(1) / wr.sum(1, keepdim=True)
     return out, torch.as_tensor(lam)
 
+# %% ../nbs/12_train.ipynb #b2d4f6a8
+@torch.no_grad()
+def class_half_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartley images, `get_batch(indices)`)
+                    R:Tensor, # (N, 3, 3) rotations of every particle
+                    t:Tensor, # (N, 2) shifts, pixels (the image is re-centred by translating it by +t)
+                    ctf:Tensor|None, # (N, 9) CTF parameters, or None
+                    cls:Tensor, # (N,) class of each particle, 0..k-1 (-1: in no class)
+                    k:int, # number of classes
+                    radius:int, # band limit the caches cover, lattice pixels
+                    min_half:int=10, # classes with fewer particles than this in either half get no maps
+                    batch:int=256, # images per backprojection batch
+                   )->dict: # {(class c, half h): VolumeCache}: the map particles of half h (index parity) are scored against
+    """Cross-validated (gold-standard) class maps for 3-D classification. Each class's particles are backprojected into two
+    half maps by index parity; particles of half h are compared with the *other* half's map, weighted per shell by the
+    half maps' FSC (a Wiener-like filter), so no particle is ever compared with a map that contains its own noise."""
+    from drgnai_nb.metrics import fsc
+    D, dev = ds.D, R.device
+    lat = Lattice(D + 1, device=dev)
+    fr = torch.fft.fftfreq(D, dtype=torch.float64)
+    kk = (fr[:, None, None] ** 2 + fr[None, :, None] ** 2 + fr[None, None, :] ** 2).sqrt().numpy()
+    cls = torch.as_tensor(cls).cpu()
+    half = torch.arange(len(cls)) % 2
+    out = {}
+    for c in range(k):
+        mem = (cls == c).nonzero()[:, 0]
+        if min(int((half[mem] == 0).sum()), int((half[mem] == 1).sum())) < min_half: continue
+        bp = VoxelBackprojector(D, pad=2, device=dev)
+        for s in range(0, len(mem), batch):
+            i = mem[s:s + batch]
+            img = ds.get_batch(i.numpy()).to(dev, torch.float64)
+            img = lat.translate_ht(img.reshape(len(i), -1), t[i.to(dev)].double()).reshape(img.shape)
+            bp.add(img, R[i.to(dev)].double(), None if ctf is None else ctf[i].to(dev).double(), half=half[i].to(dev))
+        v = {0: bp.volume('half1'), 1: bp.volume('half2')}
+        F = np.clip(np.nan_to_num(np.asarray(fsc(v[0], v[1]).fsc, np.float64)), 0, 1)
+        W = torch.as_tensor(np.interp(kk, np.arange(len(F)) / D, F, right=0.0), device=dev)
+        for h in (0, 1):
+            vh = torch.fft.ifftn(torch.fft.fftn(v[1 - h].double()) * W).real.float()
+            out[c, h] = VolumeCache.from_volume_ht(volume_to_ht(vh, pad=2), radius, oversample=2, D=D)
+    return out
+
 # %% ../nbs/12_train.ipynb #7e416ea1
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
@@ -619,19 +663,11 @@ class Trainer:
         mean = cache_from_model(self.model, D, radius, zbar, amp=self.amp)
         g = np.random.default_rng(cfg.seed + 7)
         sub = np.sort(g.choice(self.N, min(self.N, max_particles), replace=False))
-        def residuals(idx_np):
-            idx = torch.as_tensor(idx_np, device=self.device)
-            y = self.ds.get_batch(idx_np).to(self.device).reshape(len(idx), -1)[:, m]
-            R, t = self.current_poses_of(idx)
-            yt = self.lat.translate_ht(y, t, mask=m)
-            c = self._ctf(idx, m)
-            res = yt - c * mean.slices(R[None], self.lat.coords[m])[0]
-            return res, c, R, idx, (yt ** 2).sum(1) - (res ** 2).sum(1)
+        residuals = lambda idx_np: self._residuals(idx_np, mean, m)
         parts = [residuals(sub[s:s + 256]) for s in range(0, len(sub), 256)]
         r, c, R, idx, gain = [torch.cat([p[j] for p in parts]) for j in range(5)]
-        from drgnai_nb.analysis import junk_by_fit
-        gain = gain.double().cpu().numpy()
-        junk = junk_by_fit(np.log(np.clip(gain, 1e-6 * max(gain.max(), 1e-30), None)), seed=cfg.seed)[0]
+        junk = self._junk_of(gain)
+        self.junk_fit = np.zeros(self.N, dtype=bool); self.junk_fit[sub[junk]] = True  # for `classify_poses`
         if junk.any() and (~junk).sum() >= 2 * K:
             good = torch.as_tensor(~junk, device=r.device)
             r, c, R, idx = r[good], c[good], R[good], idx[good]
@@ -661,6 +697,34 @@ class Trainer:
         self.log(f'conformations {"re-estimated" if align else "initialised"} from {K} principal variability components '
                  f'({cfg.z_init_embed} embedding; band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
         return a.cpu().numpy()
+
+    def _residuals(self, idx_np:np.ndarray, mean:VolumeCache, m:Tensor)->tuple:
+        "(residuals y − C P V̄, CTF, R, idx, fit gain |y|² − |y − C P V̄|²) of the particles `idx_np` inside the lattice mask `m`."
+        idx = torch.as_tensor(idx_np, device=self.device)
+        y = self.ds.get_batch(idx_np).to(self.device).reshape(len(idx), -1)[:, m]
+        R, t = self.current_poses_of(idx)
+        yt = self.lat.translate_ht(y, t, mask=m)
+        c = self._ctf(idx, m)
+        res = yt - c * mean.slices(R[None], self.lat.coords[m])[0]
+        return res, c, R, idx, (yt ** 2).sum(1) - (res ** 2).sum(1)
+
+    def _junk_of(self, gain:Tensor)->np.ndarray:
+        "Junk flags (a clearly separate low mode of the log fit gain, `analysis.junk_by_fit`) of particles with fit gains `gain`."
+        from drgnai_nb.analysis import junk_by_fit
+        g = gain.double().cpu().numpy()
+        return junk_by_fit(np.log(np.clip(g, 1e-6 * max(g.max(), 1e-30), None)), seed=self.cfg.seed)[0]
+
+    @torch.no_grad()
+    def fit_junk(self)->np.ndarray:
+        "(N,) bool: the particles the mean map at the current poses does not explain, by the variability step's rule (band limit `z_init_radius`)."
+        radius = min(self.cfg.z_init_radius or max(self.D // 8, 4), self.D // 2)
+        m = self.lat.get_circular_mask(radius)
+        zbar = self.conf.weight.mean(0, keepdim=True) if self.cfg.zdim > 0 else None
+        was = self.model.training; self.model.eval()
+        mean = cache_from_model(self.model, self.D, radius, zbar, amp=self.amp)
+        gain = torch.cat([self._residuals(np.arange(s, min(self.N, s + 256)), mean, m)[4] for s in range(0, self.N, 256)])
+        self.model.train(was)
+        return self._junk_of(gain)
 
     def current_poses_of(self, idx:Tensor)->tuple: # (R (B,3,3), t (B,2) pixels)
         if self.cfg.mode == 'fixed':
@@ -787,6 +851,75 @@ class Trainer:
                  f'median change {rec["median_move_deg"]:.2f}°' + (f', {switched} particles took the new global pose' if global_search else ''))
         return rec
 
+    @torch.no_grad()
+    def classify_poses(self,
+                       rounds:int=None, # EM rounds (None: `classify_rounds`)
+                       k:int=None, # classes (None: `classify_k`)
+                       global_first:bool=True, # also search globally against every class map in the first round
+                      )->dict:
+        """3-D classification passes (hard EM) that give each particle the pose of the class map it fits best. Classes start
+        as k-means groups of z; each round builds cross-validated class maps (`class_half_maps`; particles left out as junk
+        by the last variability step are not backprojected), refines every particle's pose locally against every class map
+        (and, in the first round, also from a global search against it, keeping the better fit), and moves each particle to the class of least
+        error. The maps are backprojections of the images themselves, so they show the states as the images do: pose errors
+        that the decoder's group maps have learned to agree with (a turn that mimics a conformational change) are not
+        built into them. Every process classifies all particles the same way. Returns {'seconds', 'moved' (fraction of
+        particles that changed class, per round), 'sizes', 'classes' (N,)}."""
+        cfg = self.cfg
+        if cfg.zdim == 0 or cfg.mode == 'fixed': return {}
+        from tqdm.auto import tqdm
+        rounds = cfg.classify_rounds if rounds is None else rounds
+        k = k or cfg.classify_k
+        if k < 2: raise DrgnaiInputError(f'classify_poses: expected k >= 2 classes (config field classify_k), got {k}')
+        t0, N, dev = time.time(), self.N, self.device
+        radius = self.mask_radius(self.epoch)
+        excl = getattr(self, 'junk_fit', None)
+        if excl is None: excl = self.fit_junk()  # e.g. a resumed run
+        # the classes start as k-means of z over the particles the variability step did not flag as junk (junk would
+        # take a class of its own); flagged particles join the nearest class but are never backprojected
+        from sklearn.cluster import KMeans
+        z = self.conf.weight.detach().cpu().numpy()
+        fit = np.ones(N, dtype=bool) if excl is None or (~excl).sum() < 2 * k else ~excl
+        cls = torch.as_tensor(KMeans(k, n_init=10, random_state=cfg.seed).fit(z[fit]).predict(z)).long()
+        R, t = self.poses.all()
+        Rc, tc = R[None].repeat(k, 1, 1, 1), t[None].repeat(k, 1, 1)  # each class's own pose of every particle
+        hc = HPSConfig(**{**asdict(cfg.hps), 'l_end': radius, 'base_order': cfg.research_base_order,
+                          'n_kept': cfg.research_n_kept, 'l_start': min(cfg.research_l_start, radius)})
+        kw = dict(radius=radius, delta_deg=cfg.refine_delta_deg, shift_step=cfg.refine_shift_px, n_levels=cfg.refine_levels, lattice=self.lat)
+        full = torch.ones(self.lat.D ** 2, dtype=torch.bool, device=dev)
+        half = torch.arange(N) % 2
+        moved = []
+        self.model.eval()
+        for rnd in range(rounds):
+            lab = cls.clone()
+            if excl is not None: lab[torch.as_tensor(excl)] = -1
+            caches = class_half_maps(self.ds, Rc[cls, torch.arange(N)], tc[cls, torch.arange(N)], self.ctf, lab, k, radius)
+            E = torch.full((N, k), float('inf'))
+            bar = tqdm(total=N, desc=f'classify {rnd + 1}/{rounds}', disable=not self.progress, unit='img')
+            for s in range(0, N, 128):
+                idx_cpu = torch.arange(s, min(N, s + 128)); idx = idx_cpu.to(dev)
+                y, ctf = self.ds.get_batch(idx_cpu.numpy()).to(dev), self._ctf(idx, full)
+                for (c, h), cache in caches.items():
+                    sel = (half[idx_cpu] == h).nonzero()[:, 0]
+                    ii = idx_cpu[sel]; sd = sel.to(dev)
+                    Rl, tl, el = local_refine(y[sd], ctf[sd], cache, Rc[c, ii], tc[c, ii], **kw)
+                    if rnd == 0 and global_first:
+                        with fp32_scores(dev): res = pose_search(y[sd], ctf[sd], cache, hc, self.lat)
+                        R2, t2, e2 = local_refine(y[sd], ctf[sd], cache, res.rot.to(dev), res.trans.to(dev), **kw)
+                        b = e2 < el
+                        Rl, tl, el = torch.where(b[:, None, None], R2, Rl), torch.where(b[:, None], t2, tl), torch.where(b, e2, el)
+                    Rc[c, ii], tc[c, ii], E[ii, c] = Rl, tl, el.float().cpu()
+                bar.update(len(idx_cpu))
+            bar.close()
+            new = E.argmin(1)
+            moved.append(float((new != cls).float().mean())); cls = new
+        self.poses.set(torch.arange(N, device=dev), Rc[cls, torch.arange(N)], tc[cls, torch.arange(N)])
+        self.model.train()
+        rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy()}
+        self.log(f'3-D classification: {k} classes, {rounds} rounds, {rec["seconds"]:.1f} s; particles that changed class per round: '
+                 + ', '.join(f'{m:.1%}' for m in moved) + f'; class sizes {rec["sizes"]}')
+        return rec
+
     def run_epoch(self, epoch:int)->dict:
         "One pass over the particles in the phase of this epoch."
         from tqdm.auto import tqdm
@@ -826,6 +959,9 @@ class Trainer:
             if self.phase(e) == 'sgd' and self.cfg.refine_every and k % self.cfg.refine_every == 0:
                 again = k in (0, self.cfg.epochs_sgd // 2 // self.cfg.refine_every * self.cfg.refine_every)
                 self.refine_poses(global_search=again and self.cfg.research and self.cfg.mode == 'abinit')
+                self._sync_tables()
+            if self.cfg.classify_rounds and self.cfg.zdim > 0 and self.phase(e) == 'sgd' and k == self.cfg.epochs_sgd - 1 and k >= 1:
+                self.classify_poses()  # the last epoch starts from each particle's best class pose (z is re-estimated from them below)
                 self._sync_tables()
             if z_now:  # poses are known from here on: start z from the data's main variability
                 self.variability_init()

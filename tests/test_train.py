@@ -129,6 +129,41 @@ def test_variability_init_leaves_out_junk(tmp_path):
     ok = lab >= 0
     acc = cluster_accuracy(lab[ok], conformation_groups(torch.as_tensor(tr.z_all()[ok]), 2)[1].numpy())
     assert acc >= 0.8, f'2-means of the particles\' z matches the states on {acc:.2f}'
+    # the same rule on demand (what `classify_poses` uses when a resumed run has not run the variability step yet)
+    fj = tr.fit_junk()
+    assert fj.shape == lab.shape and (fj == (lab < 0)).mean() > 0.9, f'fit_junk agrees with the junk labels on {(fj == (lab < 0)).mean():.2f}'
+
+
+def test_classify_poses(tmp_path):
+    "3-D classification passes put particles of the wrong conformation group in the right one and keep their poses."
+    from drgnai_nb.metrics import cluster_accuracy, pose_error
+    d = tmp_path / 'sim'
+    simulate_to_dir(SimConfig(n_images=240, D=24, snr=0.5, seed=1, shift_px=1.0, heterogeneity='discrete', n_states=2,
+                              junk_fraction=0.1), d, progress=False)
+    cfg = TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
+                             mode='refine', zdim=2, dim=32, pe_dim=8, refine_z_groups=2, classify_rounds=2, classify_k=2,
+                             base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, research_base_order=0)
+    tr = Trainer(cfg, tmp_path / 'run', progress=False)
+    lab = load_pkl(d / 'labels.pkl'); ok = lab >= 0
+    g = np.random.default_rng(0)
+    wrong = np.where(g.random(len(lab)) < 0.25, 1 - lab, lab)  # z in two tight groups, a quarter of the particles in the other state's
+    with torch.no_grad(): tr.conf.weight[:, 0] = torch.as_tensor(np.where(wrong == 1, 1.0, -1.0)).float()
+    tr.junk_fit = lab < 0  # as the variability step would have flagged them
+    rec = tr.classify_poses(global_first=False)  # tiny noisy half maps: a global search would fit their noise
+    assert len(rec['moved']) == 2 and rec['moved'][0] > 0.1 and sum(rec['sizes']) == len(lab)
+    before, after = cluster_accuracy(lab[ok], wrong[ok]), cluster_accuracy(lab[ok], rec['classes'][ok])
+    assert before < 0.8 and after > 0.93, (before, after)
+    R, _ = tr.current_poses()
+    err = pose_error(R.numpy()[ok], load_poses(d / 'poses.pkl')[0][ok], try_mirror=False).rot
+    assert np.median(err) < 5.0, f'poses moved away from the truth: median {np.median(err):.2f}°'  # 4.3° (noisy maps of 60 images each)
+    assert '3-D classification: 2 classes, 2 rounds' in (tmp_path / 'run/run.log').read_text()
+    # in a run: the pass opens the SGD phase's last epoch, and z is re-estimated after it
+    tr2 = train(_cfg(d, mode='refine', poses=str(d / 'poses.pkl'), zdim=2, epochs_sgd=3, classify_rounds=1, classify_k=2, refine_z_groups=2,
+                     z_reestimate=True), tmp_path / 'run2', progress=False)
+    log = (tmp_path / 'run2/run.log').read_text()
+    assert log.count('3-D classification') == 1 and log.index('3-D classification') < log.rindex('re-estimated') < log.rindex('epoch 2 (sgd)')
+    with pytest.raises(Exception, match='classify_rounds'): _cfg(d, classify_rounds=-1)
+    with pytest.raises(Exception, match='classify_k'): _cfg(d, classify_rounds=2)  # how many states: the user says
 
 
 def test_index_selection(tiny, tmp_path):
@@ -204,6 +239,13 @@ def test_cli_config_precedence(tiny, tmp_path):
     assert (cfg.zdim, cfg.dim) == (3, 256)  # zdim from a config file counts too
     cfg, note = train_config_from_args(build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs']), cuda=True)
     assert cfg.preset == 'gpu' and cfg.dim == 256 and 'CUDA' in note
+    # --classes K: classification into K states, three rounds unless --set says otherwise
+    args = lambda *x: build_parser().parse_args(['train', 'r', '--particles', 'x.mrcs', '--zdim', '4', *x])
+    cfg, _ = train_config_from_args(args('--classes', '3'), cuda=False)
+    assert (cfg.classify_k, cfg.classify_rounds) == (3, 3)
+    cfg, _ = train_config_from_args(args('--classes', '2', '--set', 'classify_rounds=5'), cuda=False)
+    assert (cfg.classify_k, cfg.classify_rounds) == (2, 5)
+    assert train_config_from_args(args(), cuda=False)[0].classify_rounds == 0  # off unless asked for
 
 
 def test_cli_train_bad_input(tiny, tmp_path, capsys):
