@@ -111,16 +111,22 @@ def test_variability_init_finds_states(tiny, tmp_path):
     assert acc2 >= 0.75, f"re-estimated z: 2-means matches the states on {acc2:.2f} (64 images: noisy)"
 
 
+def _two_states_with_junk(tmp_path, n, snr, junk, **kw):
+    "A simulated 2-state set (D=24, seed 1) with a junk fraction, and a tiny heterogeneous config on it with its true poses."
+    d = tmp_path / 'sim'
+    simulate_to_dir(SimConfig(n_images=n, D=24, snr=snr, seed=1, shift_px=1.0, heterogeneity='discrete', n_states=2,
+                              junk_fraction=junk), d, progress=False)
+    return d, TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
+                                 zdim=2, dim=32, pe_dim=8, **kw)
+
+
 def test_variability_init_leaves_out_junk(tmp_path):
     "Junk particles (a separate low mode of the fit gain) are left out of the variability components."
     from drgnai_nb.simulate import SimConfig, simulate_to_dir
     from drgnai_nb.metrics import cluster_accuracy
     from drgnai_nb.train import conformation_groups
-    d = tmp_path / 'sim'
-    simulate_to_dir(SimConfig(n_images=160, D=24, snr=2.0, seed=1, shift_px=1.0, heterogeneity='discrete', n_states=2,
-                              junk_fraction=0.3), d, progress=False)
-    cfg = TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
-                             mode='fixed', zdim=2, epochs_sgd=2, dim=32, pe_dim=8, z_steps_radius=6, z_init_radius=6, batch_size_known_poses=16)
+    d, cfg = _two_states_with_junk(tmp_path, 160, 2.0, 0.3, mode='fixed', epochs_sgd=2, z_steps_radius=6, z_init_radius=6,
+                                   batch_size_known_poses=16)
     tr = train(cfg, tmp_path / 'run', progress=False)
     log = (tmp_path / 'run/run.log').read_text()
     n_out = int(log.split('particles left out as junk')[0].split(';')[-1].split(' of ')[0])
@@ -137,12 +143,8 @@ def test_variability_init_leaves_out_junk(tmp_path):
 def test_classify_poses(tmp_path):
     "3-D classification passes put particles of the wrong conformation group in the right one and keep their poses."
     from drgnai_nb.metrics import cluster_accuracy, pose_error
-    d = tmp_path / 'sim'
-    simulate_to_dir(SimConfig(n_images=240, D=24, snr=0.5, seed=1, shift_px=1.0, heterogeneity='discrete', n_states=2,
-                              junk_fraction=0.1), d, progress=False)
-    cfg = TrainConfig.preset('cpu', particles=str(d / 'particles.mrcs'), ctf=str(d / 'ctf.pkl'), poses=str(d / 'poses.pkl'),
-                             mode='refine', zdim=2, dim=32, pe_dim=8, refine_z_groups=2, classify_rounds=2, classify_k=2,
-                             base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, research_base_order=0)
+    d, cfg = _two_states_with_junk(tmp_path, 240, 0.5, 0.1, mode='refine', refine_z_groups=2, classify_rounds=2, classify_k=2,
+                                   base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, research_base_order=0)
     tr = Trainer(cfg, tmp_path / 'run', progress=False)
     lab = load_pkl(d / 'labels.pkl'); ok = lab >= 0
     g = np.random.default_rng(0)
