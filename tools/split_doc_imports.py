@@ -77,7 +77,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     check = '--check' in argv
     status = 0
-    for f in [a for a in argv if not a.startswith('--')]:
+    files = [a for a in argv if not a.startswith('--')]
+    if not files:  # no notebooks named: all of the project's (so that a bare --check checks something)
+        files = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / 'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+    for f in files:
         bad, left = fix(f, check)
         if bad:
             status = 1 if check or left else status
