@@ -465,10 +465,10 @@ def class_half_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartl
         if min(int((half[mem] == 0).sum()), int((half[mem] == 1).sum())) < min_half: continue
         bp = VoxelBackprojector(D, pad=2, device=dev)
         for s in range(0, len(mem), batch):
-            i = mem[s:s + batch]
+            i = mem[s:s + batch]; i_d = i.to(dev)
             img = ds.get_batch(i.numpy()).to(dev, torch.float64)
-            img = lat.translate_ht(img.reshape(len(i), -1), t[i.to(dev)].double()).reshape(img.shape)
-            bp.add(img, R[i.to(dev)].double(), None if ctf is None else ctf[i].to(dev).double(), half=half[i].to(dev))
+            img = lat.translate_ht(img.reshape(len(i), -1), t[i_d].double()).reshape(img.shape)
+            bp.add(img, R[i_d].double(), None if ctf is None else ctf[i].to(dev).double(), half=half[i].to(dev))
         v = {0: bp.volume('half1'), 1: bp.volume('half2')}
         F = np.clip(np.nan_to_num(np.asarray(fsc(v[0], v[1]).fsc, np.float64)), 0, 1)
         W = torch.as_tensor(np.interp(kk, np.arange(len(F)) / D, F, right=0.0), device=dev)
@@ -656,11 +656,8 @@ class Trainer:
         the spectral embedding, min(zdim, K) for principal axes), scaled to unit spread of the first."""
         cfg, D = self.cfg, self.D
         K = cfg.z_init_components
-        radius = min(cfg.z_init_radius or max(D // 8, 4), D // 2)
-        m = self.lat.get_circular_mask(radius)
         self.model.eval()
-        zbar = self.conf.weight.mean(0, keepdim=True) if cfg.zdim > 0 else None
-        mean = cache_from_model(self.model, D, radius, zbar, amp=self.amp)
+        radius, m, mean = self._mean_band()
         g = np.random.default_rng(cfg.seed + 7)
         sub = np.sort(g.choice(self.N, min(self.N, max_particles), replace=False))
         residuals = lambda idx_np: self._residuals(idx_np, mean, m)
@@ -698,6 +695,12 @@ class Trainer:
                  f'({cfg.z_init_embed} embedding; band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
         return a.cpu().numpy()
 
+    def _mean_band(self)->tuple: # (radius px, lattice mask, VolumeCache of the decoder's map at the mean z)
+        "The variability step's band limit (`z_init_radius`; default D/8, at least 4 px), its lattice mask, and the map at the mean z there."
+        radius = min(self.cfg.z_init_radius or max(self.D // 8, 4), self.D // 2)
+        zbar = self.conf.weight.mean(0, keepdim=True) if self.cfg.zdim > 0 else None
+        return radius, self.lat.get_circular_mask(radius), cache_from_model(self.model, self.D, radius, zbar, amp=self.amp)
+
     def _residuals(self, idx_np:np.ndarray, mean:VolumeCache, m:Tensor)->tuple:
         "(residuals y − C P V̄, CTF, R, idx, fit gain |y|² − |y − C P V̄|²) of the particles `idx_np` inside the lattice mask `m`."
         idx = torch.as_tensor(idx_np, device=self.device)
@@ -717,11 +720,8 @@ class Trainer:
     @torch.no_grad()
     def fit_junk(self)->np.ndarray:
         "(N,) bool: the particles the mean map at the current poses does not explain, by the variability step's rule (band limit `z_init_radius`)."
-        radius = min(self.cfg.z_init_radius or max(self.D // 8, 4), self.D // 2)
-        m = self.lat.get_circular_mask(radius)
-        zbar = self.conf.weight.mean(0, keepdim=True) if self.cfg.zdim > 0 else None
         was = self.model.training; self.model.eval()
-        mean = cache_from_model(self.model, self.D, radius, zbar, amp=self.amp)
+        _, m, mean = self._mean_band()
         gain = torch.cat([self._residuals(np.arange(s, min(self.N, s + 256)), mean, m)[4] for s in range(0, self.N, 256)])
         self.model.train(was)
         return self._junk_of(gain)
@@ -879,7 +879,7 @@ class Trainer:
         # take a class of its own); flagged particles join the nearest class but are never backprojected
         from sklearn.cluster import KMeans
         z = self.conf.weight.detach().cpu().numpy()
-        fit = np.ones(N, dtype=bool) if excl is None or (~excl).sum() < 2 * k else ~excl
+        fit = np.ones(N, dtype=bool) if (~excl).sum() < 2 * k else ~excl
         cls = torch.as_tensor(KMeans(k, n_init=10, random_state=cfg.seed).fit(z[fit]).predict(z)).long()
         R, t = self.poses.all()
         Rc, tc = R[None].repeat(k, 1, 1, 1), t[None].repeat(k, 1, 1)  # each class's own pose of every particle
@@ -887,13 +887,11 @@ class Trainer:
                           'n_kept': cfg.research_n_kept, 'l_start': min(cfg.research_l_start, radius)})
         kw = dict(radius=radius, delta_deg=cfg.refine_delta_deg, shift_step=cfg.refine_shift_px, n_levels=cfg.refine_levels, lattice=self.lat)
         full = torch.ones(self.lat.D ** 2, dtype=torch.bool, device=dev)
-        half = torch.arange(N) % 2
+        ar = torch.arange(N); half = ar % 2
         moved = []
         self.model.eval()
         for rnd in range(rounds):
-            lab = cls.clone()
-            if excl is not None: lab[torch.as_tensor(excl)] = -1
-            caches = class_half_maps(self.ds, Rc[cls, torch.arange(N)], tc[cls, torch.arange(N)], self.ctf, lab, k, radius)
+            caches = class_half_maps(self.ds, Rc[cls, ar], tc[cls, ar], self.ctf, cls.masked_fill(torch.as_tensor(excl), -1), k, radius)
             E = torch.full((N, k), float('inf'))
             bar = tqdm(total=N, desc=f'classify {rnd + 1}/{rounds}', disable=not self.progress, unit='img')
             for s in range(0, N, 128):
@@ -913,7 +911,7 @@ class Trainer:
             bar.close()
             new = E.argmin(1)
             moved.append(float((new != cls).float().mean())); cls = new
-        self.poses.set(torch.arange(N, device=dev), Rc[cls, torch.arange(N)], tc[cls, torch.arange(N)])
+        self.poses.set(ar.to(dev), Rc[cls, ar], tc[cls, ar])
         self.model.train()
         rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy()}
         self.log(f'3-D classification: {k} classes, {rounds} rounds, {rec["seconds"]:.1f} s; particles that changed class per round: '
