@@ -664,7 +664,6 @@ class Trainer:
         parts = [residuals(sub[s:s + 256]) for s in range(0, len(sub), 256)]
         r, c, R, idx, gain = [torch.cat([p[j] for p in parts]) for j in range(5)]
         junk = self._junk_of(gain)
-        self.junk_fit = np.zeros(self.N, dtype=bool); self.junk_fit[sub[junk]] = True  # for `classify_poses`
         if junk.any() and (~junk).sum() >= 2 * K:
             good = torch.as_tensor(~junk, device=r.device)
             r, c, R, idx = r[good], c[good], R[good], idx[good]
@@ -856,10 +855,11 @@ class Trainer:
                        rounds:int=None, # EM rounds (None: `classify_rounds`)
                        k:int=None, # classes (None: `classify_k`)
                        global_first:bool=True, # also search globally against every class map in the first round
+                       junk:np.ndarray=None, # (N,) bool, particles never backprojected (None: `fit_junk` at the current poses)
                       )->dict:
         """3-D classification passes (hard EM) that give each particle the pose of the class map it fits best. Classes start
-        as k-means groups of z; each round builds cross-validated class maps (`class_half_maps`; particles left out as junk
-        by the last variability step are not backprojected), refines every particle's pose locally against every class map
+        as k-means groups of z; each round builds cross-validated class maps (`class_half_maps`; particles the mean map at
+        the current poses does not explain, `fit_junk`, are not backprojected), refines every particle's pose locally against every class map
         (and, in the first round, also from a global search against it, keeping the better fit), and moves each particle to the class of least
         error. The maps are backprojections of the images themselves, so they show the states as the images do: pose errors
         that the decoder's group maps have learned to agree with (a turn that mimics a conformational change) are not
@@ -873,9 +873,8 @@ class Trainer:
         if k < 2: raise DrgnaiInputError(f'classify_poses: expected k >= 2 classes (config field classify_k), got {k}')
         t0, N, dev = time.time(), self.N, self.device
         radius = self.mask_radius(self.epoch)
-        excl = getattr(self, 'junk_fit', None)
-        if excl is None: excl = self.fit_junk()  # e.g. a resumed run
-        # the classes start as k-means of z over the particles the variability step did not flag as junk (junk would
+        excl = self.fit_junk() if junk is None else np.asarray(junk, dtype=bool)  # at the poses just refined, not the last variability step's
+        # the classes start as k-means of z over the particles not flagged as junk (junk would
         # take a class of its own); flagged particles join the nearest class but are never backprojected
         from sklearn.cluster import KMeans
         z = self.conf.weight.detach().cpu().numpy()

@@ -135,7 +135,7 @@ def test_variability_init_leaves_out_junk(tmp_path):
     ok = lab >= 0
     acc = cluster_accuracy(lab[ok], conformation_groups(torch.as_tensor(tr.z_all()[ok]), 2)[1].numpy())
     assert acc >= 0.8, f'2-means of the particles\' z matches the states on {acc:.2f}'
-    # the same rule on demand (what `classify_poses` uses when a resumed run has not run the variability step yet)
+    # the same rule on demand, at the current poses (what `classify_poses` leaves out of its class maps)
     fj = tr.fit_junk()
     assert fj.shape == lab.shape and (fj == (lab < 0)).mean() > 0.9, f'fit_junk agrees with the junk labels on {(fj == (lab < 0)).mean():.2f}'
 
@@ -150,8 +150,7 @@ def test_classify_poses(tmp_path):
     g = np.random.default_rng(0)
     wrong = np.where(g.random(len(lab)) < 0.25, 1 - lab, lab)  # z in two tight groups, a quarter of the particles in the other state's
     with torch.no_grad(): tr.conf.weight[:, 0] = torch.as_tensor(np.where(wrong == 1, 1.0, -1.0)).float()
-    tr.junk_fit = lab < 0  # as the variability step would have flagged them
-    rec = tr.classify_poses(global_first=False)  # tiny noisy half maps: a global search would fit their noise
+    rec = tr.classify_poses(global_first=False, junk=lab < 0)  # tiny noisy half maps: a global search would fit their noise
     assert len(rec['moved']) == 2 and rec['moved'][0] > 0.1 and sum(rec['sizes']) == len(lab)
     before, after = cluster_accuracy(lab[ok], wrong[ok]), cluster_accuracy(lab[ok], rec['classes'][ok])
     assert before < 0.8 and after > 0.93, (before, after)
