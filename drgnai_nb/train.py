@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['AMP_MODES', 'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'TrainConfig', 'parse_set',
            'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components',
-           'spectral_coordinates', 'class_half_maps', 'TrainingDiverged', 'decode_budget', 'latest_epoch', 'Trainer',
+           'spectral_coordinates', 'class_fold_maps', 'TrainingDiverged', 'decode_budget', 'latest_epoch', 'Trainer',
            'train', 'compare_to_truth', 'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #37ac8a05
@@ -157,6 +157,7 @@ class TrainConfig:
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
     classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
     classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
+    classify_folds: int = 4 # cross-validation folds of its class maps (`class_fold_maps`; 2: half maps)
     # --- loss mask
     output_mask: str = 'circ' # 'circ' (radius D/2) or 'frequency_marching'
     l_start_fm: int = 12 # frequency marching: first radius, px
@@ -188,6 +189,7 @@ class TrainConfig:
         if self.z_init_neighbors < 0: bad('z_init_neighbors', 'an integer >= 0 (0: automatic)')
         if self.classify_rounds < 0 or self.classify_k < 0: bad('classify_rounds', 'integers >= 0 (classify_rounds, classify_k)')
         if self.classify_rounds and self.classify_k < 2: bad('classify_k', 'the number of states to classify into (>= 2) when classify_rounds > 0')
+        if self.classify_folds < 2: bad('classify_folds', 'an integer >= 2 (2: half maps)')
         for f in ('hps_z_groups', 'refine_z_groups'):
             if getattr(self, f) < 1: bad(f, 'an integer >= 1')
         for f in ('n_imgs_pretrain', 'n_imgs_pose_search', 'epochs_sgd'):
@@ -439,42 +441,56 @@ def spectral_coordinates(a:Tensor, # (N, K) points: the particles' variability a
 
 # %% ../nbs/12_train.ipynb #b2d4f6a8
 @torch.no_grad()
-def class_half_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartley images, `get_batch(indices)`)
+def class_fold_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartley images, `get_batch(indices)`)
                     R:Tensor, # (N, 3, 3) rotations of every particle
                     t:Tensor, # (N, 2) shifts, pixels (the image is re-centred by translating it by +t)
                     ctf:Tensor|None, # (N, 9) CTF parameters, or None
                     cls:Tensor, # (N,) class of each particle, 0..k-1 (-1: in no class)
                     k:int, # number of classes
                     radius:int, # band limit the caches cover, lattice pixels
-                    min_half:int=10, # classes with fewer particles than this in either half get no maps
+                    folds:int=4, # cross-validation folds: particle i is in fold i % folds (2: half maps)
+                    min_fold:int=5, # classes with fewer particles than this in any fold get no maps
                     batch:int=256, # images per backprojection batch
-                   )->dict: # {(class c, half h): VolumeCache}: the map particles of half h (index parity) are scored against
-    """Cross-validated (gold-standard) class maps for 3-D classification. Each class's particles are backprojected into two
-    half maps by index parity; particles of half h are compared with the *other* half's map, weighted per shell by the
-    half maps' FSC (a Wiener-like filter), so no particle is ever compared with a map that contains its own noise."""
+                   )->dict: # {(class c, fold f): VolumeCache}: the map the particles of fold f are scored against
+    """Cross-validated class maps for 3-D classification. Each class's particles are backprojected fold by fold; the map
+    of fold f holds the class's other folds, so no particle is ever compared with a map that contains its own noise.
+    Every map is Wiener-weighted per shell, SNR/(1 + SNR), with the SNR of (folds − 1)/folds of the class:
+    2(folds − 1)/folds · F/(1 − F), F the FSC of the even folds' map against the odd folds' (for 2 folds, F itself)."""
     from drgnai_nb.metrics import fsc
+    if folds < 2: raise ValueError(f'class_fold_maps: expected folds >= 2, got {folds}')
     D, dev = ds.D, R.device
     lat = Lattice(D + 1, device=dev)
     fr = torch.fft.fftfreq(D, dtype=torch.float64)
     kk = (fr[:, None, None] ** 2 + fr[None, :, None] ** 2 + fr[None, None, :] ** 2).sqrt().numpy()
     cls = torch.as_tensor(cls).cpu()
-    half = torch.arange(len(cls)) % 2
+    fold = torch.arange(len(cls)) % folds
     out = {}
     for c in range(k):
         mem = (cls == c).nonzero()[:, 0]
-        if min(int((half[mem] == 0).sum()), int((half[mem] == 1).sum())) < min_half: continue
-        bp = VoxelBackprojector(D, pad=2, device=dev)
+        if int(torch.bincount(fold[mem], minlength=folds).min()) < min_fold: continue
+        bps = [VoxelBackprojector(D, pad=2, device=dev) for _ in range((folds + 1) // 2)]  # fold f: bps[f // 2], half f % 2
         for s in range(0, len(mem), batch):
             i = mem[s:s + batch]; i_d = i.to(dev)
             img = ds.get_batch(i.numpy()).to(dev, torch.float64)
             img = lat.translate_ht(img.reshape(len(i), -1), t[i_d].double()).reshape(img.shape)
-            bp.add(img, R[i_d].double(), None if ctf is None else ctf[i].to(dev).double(), half=half[i].to(dev))
-        v = {0: bp.volume('half1'), 1: bp.volume('half2')}
-        F = np.clip(np.nan_to_num(np.asarray(fsc(v[0], v[1]).fsc, np.float64)), 0, 1)
-        W = torch.as_tensor(np.interp(kk, np.arange(len(F)) / D, F, right=0.0), device=dev)
-        for h in (0, 1):
-            vh = torch.fft.ifftn(torch.fft.fftn(v[1 - h].double()) * W).real.float()
-            out[c, h] = VolumeCache.from_volume_ht(volume_to_ht(vh, pad=2), radius, oversample=2, D=D)
+            for b, bp in enumerate(bps):
+                sel = fold[i] // 2 == b
+                if sel.any():
+                    sd = sel.to(dev)
+                    bp.add(img[sd], R[i_d][sd].double(), None if ctf is None else ctf[i][sel].to(dev).double(), half=(fold[i][sel] % 2).to(dev))
+        num = torch.stack([bps[f // 2].num[f % 2] for f in range(folds)])
+        den = torch.stack([bps[f // 2].den[f % 2] for f in range(folds)])
+        acc = bps[0]
+        def vol(sel):  # the map of the folds `sel` (a boolean over folds), through the backprojector's own normalisation
+            acc.num[0], acc.den[0] = num[sel].sum(0), den[sel].sum(0)
+            return acc.volume('half1')
+        even = torch.arange(folds) % 2 == 0
+        F = np.clip(np.nan_to_num(np.asarray(fsc(vol(even), vol(~even)).fsc, np.float64)), 0, 0.999)
+        snr = F / (1 - F) * 2 * (folds - 1) / folds
+        W = torch.as_tensor(np.interp(kk, np.arange(len(F)) / D, snr / (1 + snr), right=0.0), device=dev)
+        for f in range(folds):
+            vf = torch.fft.ifftn(torch.fft.fftn(vol(torch.arange(folds) != f).double()) * W).real.float()
+            out[c, f] = VolumeCache.from_volume_ht(volume_to_ht(vf, pad=2), radius, oversample=2, D=D)
     return out
 
 # %% ../nbs/12_train.ipynb #7e416ea1
@@ -650,7 +666,7 @@ class Trainer:
         components Δ_k (voxel Hartley volumes, band-limited to `z_init_radius`) and per-particle amplitudes a_ik with
         y_i ≈ C_i P_i (V̄ + Σ_k a_ik Δ_k), by alternating least squares; z is then their spectral embedding
         (`spectral_coordinates`) or their principal axes (`z_init_embed`). Particles the mean map does not explain at all
-        (junk: a clearly separate low mode of the log fit gain log(|y|² − |y − C P V̄|²), `analysis.junk_by_fit`) are left
+        (junk: a clearly separate low mode of the fit gain |y|² − |y − C P V̄|², `analysis.junk_by_fit`) are left
         out of the components, else the main variability would be junk against particles. The solver is
         `variability_components`. Returns the new z coordinates (N, n) written to the table's first n columns (n = zdim for
         the spectral embedding, min(zdim, K) for principal axes), scaled to unit spread of the first."""
@@ -711,10 +727,11 @@ class Trainer:
         return res, c, R, idx, (yt ** 2).sum(1) - (res ** 2).sum(1)
 
     def _junk_of(self, gain:Tensor)->np.ndarray:
-        "Junk flags (a clearly separate low mode of the log fit gain, `analysis.junk_by_fit`) of particles with fit gains `gain`."
+        """Junk flags (a clearly separate low mode of the fit gain, `analysis.junk_by_fit`, the rule `analyze` applies) of particles
+        with fit gains `gain`. The gain itself, not its log: a junk image's gain scatters about zero, often below it."""
         from drgnai_nb.analysis import junk_by_fit
         g = gain.double().cpu().numpy()
-        return junk_by_fit(np.log(np.clip(g, 1e-6 * max(g.max(), 1e-30), None)), seed=self.cfg.seed)[0]
+        return junk_by_fit(g, seed=self.cfg.seed)[0]
 
     @torch.no_grad()
     def fit_junk(self)->np.ndarray:
@@ -855,16 +872,17 @@ class Trainer:
                        rounds:int=None, # EM rounds (None: `classify_rounds`)
                        k:int=None, # classes (None: `classify_k`)
                        global_first:bool=True, # also search globally against every class map in the first round
-                       junk:np.ndarray=None, # (N,) bool, particles never backprojected (None: `fit_junk` at the current poses)
+                       junk:np.ndarray=None, # (N,) bool, particles never backprojected (None: `fit_junk` at the current poses, then each round the particles no class map explains)
                       )->dict:
         """3-D classification passes (hard EM) that give each particle the pose of the class map it fits best. Classes start
-        as k-means groups of z; each round builds cross-validated class maps (`class_half_maps`; particles the mean map at
-        the current poses does not explain, `fit_junk`, are not backprojected), refines every particle's pose locally against every class map
-        (and, in the first round, also from a global search against it, keeping the better fit), and moves each particle to the class of least
-        error. The maps are backprojections of the images themselves, so they show the states as the images do: pose errors
-        that the decoder's group maps have learned to agree with (a turn that mimics a conformational change) are not
-        built into them. Every process classifies all particles the same way. Returns {'seconds', 'moved' (fraction of
-        particles that changed class, per round), 'sizes', 'classes' (N,)}."""
+        as k-means groups of z; each round builds cross-validated class maps (`class_fold_maps`, `classify_folds`), refines every particle's
+        pose locally against every class map (and, in the first round, also from a global search against it, keeping the
+        better fit), and moves each particle to the class of least error. Junk is never backprojected: at first the
+        particles the mean map does not explain (`fit_junk`), then those no class map explains. The maps are
+        backprojections of the images themselves, so they show the states as the images do: pose errors that the decoder's
+        group maps have learned to agree with (a turn that mimics a conformational change) are not built into them. Every
+        process classifies all particles the same way. Returns {'seconds', 'moved' (fraction of particles that changed
+        class, per round), 'sizes', 'classes' (N,), 'junk' (N,) bool: left out of the last round's maps}."""
         cfg = self.cfg
         if cfg.zdim == 0 or cfg.mode == 'fixed': return {}
         from tqdm.auto import tqdm
@@ -886,18 +904,19 @@ class Trainer:
                           'n_kept': cfg.research_n_kept, 'l_start': min(cfg.research_l_start, radius)})
         kw = dict(radius=radius, delta_deg=cfg.refine_delta_deg, shift_step=cfg.refine_shift_px, n_levels=cfg.refine_levels, lattice=self.lat)
         full = torch.ones(self.lat.D ** 2, dtype=torch.bool, device=dev)
-        ar = torch.arange(N); half = ar % 2
+        ar = torch.arange(N); fold = ar % cfg.classify_folds
         moved = []
         self.model.eval()
         for rnd in range(rounds):
-            caches = class_half_maps(self.ds, Rc[cls, ar], tc[cls, ar], self.ctf, cls.masked_fill(torch.as_tensor(excl), -1), k, radius)
+            caches = class_fold_maps(self.ds, Rc[cls, ar], tc[cls, ar], self.ctf, cls.masked_fill(torch.as_tensor(excl), -1), k, radius,
+                                     folds=cfg.classify_folds)
             E = torch.full((N, k), float('inf'))
             bar = tqdm(total=N, desc=f'classify {rnd + 1}/{rounds}', disable=not self.progress, unit='img')
             for s in range(0, N, 128):
                 idx_cpu = torch.arange(s, min(N, s + 128)); idx = idx_cpu.to(dev)
                 y, ctf = self.ds.get_batch(idx_cpu.numpy()).to(dev), self._ctf(idx, full)
-                for (c, h), cache in caches.items():
-                    sel = (half[idx_cpu] == h).nonzero()[:, 0]
+                for (c, f), cache in caches.items():
+                    sel = (fold[idx_cpu] == f).nonzero()[:, 0]
                     ii = idx_cpu[sel]; sd = sel.to(dev)
                     Rl, tl, el = local_refine(y[sd], ctf[sd], cache, Rc[c, ii], tc[c, ii], **kw)
                     if rnd == 0 and global_first:
@@ -908,13 +927,16 @@ class Trainer:
                     Rc[c, ii], tc[c, ii], E[ii, c] = Rl, tl, el.float().cpu()
                 bar.update(len(idx_cpu))
             bar.close()
+            best = E.min(1).values
+            if junk is None and torch.isfinite(best).all():  # junk for the next round's maps: the particles no class map explains
+                excl = self._junk_of(-best)  # (the gain |y|² − |y − C P V_c|² of the best class; a junk image's scatters about 0)
             new = E.argmin(1)
             moved.append(float((new != cls).float().mean())); cls = new
         self.poses.set(ar.to(dev), Rc[cls, ar], tc[cls, ar])
         self.model.train()
-        rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy()}
+        rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy(), 'junk': excl}
         self.log(f'3-D classification: {k} classes, {rounds} rounds, {rec["seconds"]:.1f} s; particles that changed class per round: '
-                 + ', '.join(f'{m:.1%}' for m in moved) + f'; class sizes {rec["sizes"]}')
+                 + ', '.join(f'{m:.1%}' for m in moved) + f'; class sizes {rec["sizes"]}; {int(excl.sum())} particles left out of the class maps as junk')
         return rec
 
     def run_epoch(self, epoch:int)->dict:

@@ -1,6 +1,6 @@
 """Training: every mode, z_dim = 0 and > 0 on tiny data; checkpoints survive SIGKILL; a NaN stops cleanly;
 existing runs are protected; the CLI's train command and its config precedence."""
-import os, signal, subprocess, sys, time
+import os, re, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -163,8 +163,12 @@ def test_classify_poses(tmp_path):
                      z_reestimate=True), tmp_path / 'run2', progress=False)
     log = (tmp_path / 'run2/run.log').read_text()
     assert log.count('3-D classification') == 1 and log.index('3-D classification') < log.rindex('re-estimated') < log.rindex('epoch 2 (sgd)')
+    # junk left out of the class maps, found by the run itself (the mean map's fit, then the class maps' fit)
+    n_left = int(re.search(r'(\d+) particles left out of the class maps as junk', log).group(1))
+    assert abs(n_left - int((lab < 0).sum())) <= 2, (n_left, int((lab < 0).sum()))
     with pytest.raises(Exception, match='classify_rounds'): _cfg(d, classify_rounds=-1)
     with pytest.raises(Exception, match='classify_k'): _cfg(d, classify_rounds=2)  # how many states: the user says
+    with pytest.raises(Exception, match='classify_folds'): _cfg(d, classify_rounds=2, classify_k=2, classify_folds=1)
 
 
 def test_index_selection(tiny, tmp_path):
