@@ -94,20 +94,21 @@ def _sinc2_correction(P:int, dtype, device)->Tensor:
     return s[:, None, None] * s[None, :, None] * s[None, None, :]
 
 class VoxelBackprojector:
-    "Accumulates CTF-weighted backprojections of Hartley images into full and half-set voxel volumes."
+    "Accumulates CTF-weighted backprojections of Hartley images into full and half-set (or k-fold) voxel volumes."
     def __init__(self,
                  D:int, # box size of the images (even)
                  pad:int=2, # oversampling: images are zero-padded to pad*D before gridding
                  device=None,
-                 dtype=torch.float64): # accumulation precision
+                 dtype=torch.float64, # accumulation precision
+                 groups:int=2): # image groups accumulated apart (2: half sets; k: cross-validation folds)
         if D % 2: raise ValueError(f'box size must be even, got {D}')
         self.D, self.pad, self.P = D, pad, pad * D
         self.M = self.P + 1
         self.lat = Lattice(self.M, device=device)
         self.mask = self.lat.get_circular_mask(self.P // 2)  # frequencies inside the sphere of radius 0.5
-        self.num = torch.zeros(2, self.M ** 3, dtype=dtype, device=device)
-        self.den = torch.zeros(2, self.M ** 3, dtype=dtype, device=device)
-        self.count = [0, 0]
+        self.num = torch.zeros(groups, self.M ** 3, dtype=dtype, device=device)
+        self.den = torch.zeros(groups, self.M ** 3, dtype=dtype, device=device)
+        self.count = [0] * groups
 
     def _padded(self, images:Tensor)->Tensor:
         "Symmetrised Hartley images on the D lattice -> the same images zero-padded to P, on the P lattice."
@@ -120,7 +121,7 @@ class VoxelBackprojector:
             images:Tensor, # (B, D+1, D+1) symmetrised Hartley images, already re-centred
             R:Tensor, # (B, 3, 3) rotations
             ctf_params:Tensor=None, # (B, 9) CTF parameters (`ctf` notebook), None for no CTF
-            half:Tensor=None, # (B,) 0/1 half-set label of each image (default: all in half 0)
+            half:Tensor=None, # (B,) group of each image, 0..groups-1 (0/1: half set; default: all in group 0)
            ):
         "Add a batch of images."
         from drgnai_nb.ctf import ctf_from_params
@@ -131,7 +132,7 @@ class VoxelBackprojector:
         pts = self.lat.coords[self.mask].to(self.num.dtype) @ R.to(self.num.dtype)  # (B, N, 3) cycles/pixel
         idx = (pts + 0.5) * self.P  # voxel index 0..P
         half = torch.zeros(B, dtype=torch.long, device=images.device) if half is None else torch.as_tensor(half).long()
-        for h in (0, 1):
+        for h in half.unique().tolist():
             sel = half == h
             if not sel.any(): continue
             p = idx[sel].reshape(-1, 3)
@@ -140,17 +141,20 @@ class VoxelBackprojector:
             self.count[h] += int(sel.sum())
 
     def volume_ht(self,
-                  which:str='full', # 'full', 'half1' or 'half2'
+                  which='full', # 'full', 'half1' or 'half2' (groups 0 and 1), or a (groups,) bool mask of the groups to combine
                   reg:float=1e-3, # λ as a fraction of the mean accumulated weight
                  )->Tensor: # (P+1)³ Hartley volume on the padded lattice
         "Wiener-style estimate `Σwcy / (Σwc² + λ)` as a symmetrised Hartley volume."
-        if which == 'full': num, den = self.num.sum(0), self.den.sum(0)
-        elif which in ('half1', 'half2'): num, den = self.num[int(which[-1]) - 1], self.den[int(which[-1]) - 1]
-        else: raise ValueError(f"which must be 'full', 'half1' or 'half2', got {which!r}")
+        if isinstance(which, str):
+            if which == 'full': which = torch.ones(len(self.num), dtype=torch.bool)
+            elif which in ('half1', 'half2'): which = torch.arange(len(self.num)) == int(which[-1]) - 1
+            else: raise ValueError(f"which must be 'full', 'half1', 'half2' or a mask of the groups, got {which!r}")
+        which = torch.as_tensor(which, device=self.num.device)
+        num, den = self.num[which].sum(0), self.den[which].sum(0)
         lam = reg * den[den > 0].mean() if (den > 0).any() else 1.0
         return (num / (den + lam)).view(self.M, self.M, self.M)
 
-    def volume(self, which:str='full', reg:float=1e-3)->Tensor:
+    def volume(self, which='full', reg:float=1e-3)->Tensor: # which: as in `volume_ht`
         "Real-space `(D, D, D)` float32 volume `[z, y, x]` (gridding-corrected, cropped from the padded box)."
         v = ht_to_volume(self.volume_ht(which, reg))
         v = v / _sinc2_correction(self.P, v.dtype, v.device)

@@ -468,28 +468,18 @@ def class_fold_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartl
     for c in range(k):
         mem = (cls == c).nonzero()[:, 0]
         if int(torch.bincount(fold[mem], minlength=folds).min()) < min_fold: continue
-        bps = [VoxelBackprojector(D, pad=2, device=dev) for _ in range((folds + 1) // 2)]  # fold f: bps[f // 2], half f % 2
+        bp = VoxelBackprojector(D, pad=2, device=dev, groups=folds)
         for s in range(0, len(mem), batch):
             i = mem[s:s + batch]; i_d = i.to(dev)
             img = ds.get_batch(i.numpy()).to(dev, torch.float64)
             img = lat.translate_ht(img.reshape(len(i), -1), t[i_d].double()).reshape(img.shape)
-            for b, bp in enumerate(bps):
-                sel = fold[i] // 2 == b
-                if sel.any():
-                    sd = sel.to(dev)
-                    bp.add(img[sd], R[i_d][sd].double(), None if ctf is None else ctf[i][sel].to(dev).double(), half=(fold[i][sel] % 2).to(dev))
-        num = torch.stack([bps[f // 2].num[f % 2] for f in range(folds)])
-        den = torch.stack([bps[f // 2].den[f % 2] for f in range(folds)])
-        acc = bps[0]
-        def vol(sel):  # the map of the folds `sel` (a boolean over folds), through the backprojector's own normalisation
-            acc.num[0], acc.den[0] = num[sel].sum(0), den[sel].sum(0)
-            return acc.volume('half1')
+            bp.add(img, R[i_d].double(), None if ctf is None else ctf[i].to(dev).double(), half=fold[i].to(dev))
         even = torch.arange(folds) % 2 == 0
-        F = np.clip(np.nan_to_num(np.asarray(fsc(vol(even), vol(~even)).fsc, np.float64)), 0, 0.999)
+        F = np.clip(np.nan_to_num(np.asarray(fsc(bp.volume(even), bp.volume(~even)).fsc, np.float64)), 0, 0.999)
         snr = F / (1 - F) * 2 * (folds - 1) / folds
         W = torch.as_tensor(np.interp(kk, np.arange(len(F)) / D, snr / (1 + snr), right=0.0), device=dev)
         for f in range(folds):
-            vf = torch.fft.ifftn(torch.fft.fftn(vol(torch.arange(folds) != f).double()) * W).real.float()
+            vf = torch.fft.ifftn(torch.fft.fftn(bp.volume(torch.arange(folds) != f).double()) * W).real.float()
             out[c, f] = VolumeCache.from_volume_ht(volume_to_ht(vf, pad=2), radius, oversample=2, D=D)
     return out
 
