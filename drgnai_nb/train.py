@@ -158,6 +158,7 @@ class TrainConfig:
     classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
     classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
     classify_folds: int = 4 # cross-validation folds of its class maps (`class_fold_maps`; 2: half maps)
+    classify_z: str = 'both' # z after that classification, from the embedding of: 'both' (the variability fit at the class poses and where each particle lies between the class maps, `Trainer.class_amplitudes`), 'classes' (the latter only) or 'variability' (the former only)
     # --- loss mask
     output_mask: str = 'circ' # 'circ' (radius D/2) or 'frequency_marching'
     l_start_fm: int = 12 # frequency marching: first radius, px
@@ -190,6 +191,7 @@ class TrainConfig:
         if self.classify_rounds < 0 or self.classify_k < 0: bad('classify_rounds', 'integers >= 0 (classify_rounds, classify_k)')
         if self.classify_rounds and self.classify_k < 2: bad('classify_k', 'the number of states to classify into (>= 2) when classify_rounds > 0')
         if self.classify_folds < 2: bad('classify_folds', 'an integer >= 2 (2: half maps)')
+        if self.classify_z not in ('both', 'classes', 'variability'): bad('classify_z', "'both', 'classes' or 'variability'")
         for f in ('hps_z_groups', 'refine_z_groups'):
             if getattr(self, f) < 1: bad(f, 'an integer >= 1')
         for f in ('n_imgs_pretrain', 'n_imgs_pose_search', 'epochs_sgd'):
@@ -651,6 +653,7 @@ class Trainer:
                          n_iter:int=None, # alternating least-squares iterations (None: `z_init_iters`)
                          max_particles:int=20000, # particles (a random subset) the components are estimated from
                          align:bool=False, # rotate the new amplitudes onto the current z (orthogonal Procrustes) instead of replacing its axes
+                         extra:np.ndarray=None, # (N, m) more amplitudes of every particle (`class_amplitudes`), embedded together with these
                         )->np.ndarray:
         """Set z from the principal 3-D variability of the residuals (poses held fixed), like a 3-D variability analysis:
         components Δ_k (voxel Hartley volumes, band-limited to `z_init_radius`) and per-particle amplitudes a_ik with
@@ -658,7 +661,8 @@ class Trainer:
         (`spectral_coordinates`) or their principal axes (`z_init_embed`). Particles the mean map does not explain at all
         (junk: a clearly separate low mode of the fit gain |y|² − |y − C P V̄|², `analysis.junk_by_fit`) are left
         out of the components, else the main variability would be junk against particles. The solver is
-        `variability_components`. Returns the new z coordinates (N, n) written to the table's first n columns (n = zdim for
+        `variability_components`. With `extra`, each set of amplitudes is scaled to unit mean square and the embedding
+        is that of both side by side. Returns the new z coordinates (N, n) written to the table's first n columns (n = zdim for
         the spectral embedding, min(zdim, K) for principal axes), scaled to unit spread of the first."""
         cfg, D = self.cfg, self.D
         K = cfg.z_init_components
@@ -678,16 +682,34 @@ class Trainer:
         for s in range(0, self.N, 256):  # every particle's amplitudes against the components
             rr, cc, RR, _, _ = residuals(np.arange(s, min(self.N, s + 256)))
             full.append(variability_amplitudes(vols, rr, cc, RR, self.lat.coords[m], D))
-        a = torch.cat(full)
+        fit = torch.zeros(self.N, dtype=torch.bool); fit[torch.as_tensor(sub)[torch.as_tensor(~junk)]] = True
+        a = torch.cat(full).double()
+        if extra is not None:  # two sets side by side, each of unit mean square: neither outweighs the other by its unit or size
+            unit = lambda x: (x - x.mean(0)) / (x - x.mean(0)).pow(2).sum(1).mean().sqrt().clamp(min=1e-30)
+            a = torch.cat([unit(a), unit(torch.as_tensor(extra, dtype=torch.float64, device=a.device))], 1)
+        a = self._set_z(a, fit, align)
+        self.model.train()
+        self.log(f'conformations {"re-estimated" if align else "initialised"} from {K} principal variability components '
+                 + (f'and the {extra.shape[1] + 1} class maps\' differences ' if extra is not None else '')
+                 + f'({cfg.z_init_embed} embedding; band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
+        return a
+
+    @torch.no_grad()
+    def _set_z(self, a:Tensor, # (N, K) amplitudes of every particle (any unit)
+               fit:Tensor, # (N,) bool: the particles the embedding's graph is built on (not junk)
+               align:bool, # rotate onto the current z instead of replacing its axes
+              )->np.ndarray: # (N, n) the coordinates written to the table's first n columns
+        "Write z from amplitudes: their principal axes, then the `z_init_embed` embedding, scaled to unit spread of the first coordinate."
+        cfg = self.cfg
+        a = a.to(self.conf.weight)
         a = a - a.mean(0)  # principal axes of the amplitudes, in decreasing variance
         a = a @ torch.linalg.svd(a.T @ a)[0]
         if cfg.z_init_embed == 'spectral':  # unroll curved motion; the graph is built on the particles that are not junk
             n = cfg.zdim
-            fit = torch.zeros(self.N, dtype=torch.bool); fit[torch.as_tensor(sub)[torch.as_tensor(~junk)]] = True
             if int(fit.sum()) < n + 2: fit = None  # too few particles the mean map explains: build the graph on all
             a = spectral_coordinates(a, n, k=cfg.z_init_neighbors, fit=fit, seed=cfg.seed)[0].to(a)
             a = a - a.mean(0)
-        else: n = min(cfg.zdim, K); a = a[:, :n]
+        else: n = min(cfg.zdim, a.shape[1]); a = a[:, :n]
         a = a / a[:, 0].std().clamp(min=1e-12)  # scaled by the first coordinate's spread: weak ones (mostly noise) stay small
         w = self.conf.weight
         if align:  # keep the decoder's learned z axes: the rotation (and signs) that best maps the new coordinates onto them
@@ -695,14 +717,13 @@ class Trainer:
             U, _, Vh = torch.linalg.svd(a.T @ (old / old.std(0).clamp(min=1e-12)))
             a = a @ (U @ Vh)
         w[:, :n] = a * cfg.std_z_init * 5  # a spread well above the initial noise
-        self.model.train()
-        self.log(f'conformations {"re-estimated" if align else "initialised"} from {K} principal variability components '
-                 f'({cfg.z_init_embed} embedding; band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
         return a.cpu().numpy()
+
+    def _z_radius(self)->int: return min(self.cfg.z_init_radius or max(self.D // 8, 4), self.D // 2)
 
     def _mean_band(self)->tuple: # (radius px, lattice mask, VolumeCache of the decoder's map at the mean z)
         "The variability step's band limit (`z_init_radius`; default D/8, at least 4 px), its lattice mask, and the map at the mean z there."
-        radius = min(self.cfg.z_init_radius or max(self.D // 8, 4), self.D // 2)
+        radius = self._z_radius()
         zbar = self.conf.weight.mean(0, keepdim=True) if self.cfg.zdim > 0 else None
         return radius, self.lat.get_circular_mask(radius), cache_from_model(self.model, self.D, radius, zbar, amp=self.amp)
 
@@ -875,7 +896,8 @@ class Trainer:
         backprojections of the images themselves, so they show the states as the images do: pose errors that the decoder's
         group maps have learned to agree with (a turn that mimics a conformational change) are not built into them. Every
         process classifies all particles the same way. Returns {'seconds', 'moved' (fraction of particles that changed
-        class, per round), 'sizes', 'classes' (N,), 'junk' (N,) bool: left out of the last round's maps}."""
+        class, per round), 'sizes', 'classes' (N,), 'junk' (N,) bool: left out of the last round's maps, 'errors' (N, k): the last round's
+        error of each particle against each class map at that class's pose}."""
         cfg = self.cfg
         if cfg.zdim == 0 or cfg.mode == 'fixed': return {}
         from tqdm.auto import tqdm
@@ -926,11 +948,54 @@ class Trainer:
             new = E.argmin(1)
             moved.append(float((new != cls).float().mean())); cls = new
         self.poses.set(ar.to(dev), Rc[cls, ar], tc[cls, ar])
+        caches = class_fold_maps(self.ds, Rc[cls, ar], tc[cls, ar], self.ctf, cls.masked_fill(torch.as_tensor(excl), -1), k, radius,
+                                 folds=cfg.classify_folds)  # the final classes' maps: where each particle lies between them
         self.model.train()
-        rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy(), 'junk': excl}
-        self.log(f'3-D classification: {k} classes, {rounds} rounds, {rec["seconds"]:.1f} s; particles that changed class per round: '
+        rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy(), 'junk': excl,
+               'errors': E.numpy(), 'amplitudes': self.class_amplitudes(caches, cfg.classify_folds)}
+        self.log(f'3-D classification: {k} classes, {rounds} rounds, {time.time() - t0:.1f} s; particles that changed class per round: '
                  + ', '.join(f'{m:.1%}' for m in moved) + f'; class sizes {rec["sizes"]}; {int(excl.sum())} particles left out of the class maps as junk')
         return rec
+
+    @torch.no_grad()
+    def class_amplitudes(self, caches:dict, # {(class, fold): VolumeCache} from `class_fold_maps`
+                         folds:int, # its folds: particle i is scored against the maps of fold i % folds
+                        )->np.ndarray|None: # (N, m − 1) float64; None when fewer than 2 classes have maps
+        """Where each particle lies between the class maps: the least-squares amplitudes a_i of
+        y_i − C_i P_i V̄ ≈ Σ_{c<m} a_ic C_i P_i (V_c − V̄), V̄ the mean of the m class maps (the last difference is minus the
+        sum of the others), at the particle's current pose, against the maps that leave out its own fold, within the
+        variability band (`z_init_radius`). These are the variability amplitudes of `variability_init` with the class
+        maps' differences as the components: maps of whole classes, far less noisy than components fitted per particle."""
+        cs = sorted({c for c, _ in caches if all((c, f) in caches for f in range(folds))})
+        if len(cs) < 2: return None
+        m = self.lat.get_circular_mask(self._z_radius())
+        coords, fold = self.lat.coords[m], torch.arange(self.N) % folds
+        out = torch.zeros(self.N, len(cs) - 1, dtype=torch.float64)
+        eye = torch.eye(len(cs) - 1, dtype=torch.float64, device=self.device)
+        for s in range(0, self.N, 256):
+            idx_cpu = torch.arange(s, min(self.N, s + 256)); idx = idx_cpu.to(self.device)
+            R, t = self.current_poses_of(idx)
+            y = self.lat.translate_ht(self.ds.get_batch(idx_cpu.numpy()).to(self.device).reshape(len(idx), -1)[:, m], t, mask=m).double()
+            ctf = self._ctf(idx, m).double()
+            S = torch.zeros(len(idx), len(cs), len(coords), dtype=torch.float64, device=self.device)  # (b, m, n) slices C_i P_i V_c
+            for f in fold[idx_cpu].unique().tolist():
+                sel = (fold[idx_cpu] == f).nonzero()[:, 0].to(self.device)
+                S[sel] = ctf[sel, None] * torch.stack([caches[c, f].slices(R[sel][None], coords)[0] for c in cs], 1).double()
+            mean = S.mean(1)
+            B = (S - mean[:, None])[:, :-1]
+            G = B @ B.transpose(1, 2)
+            lam = 1e-3 * G.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-30)  # per particle: a ridge that only keeps the solve stable
+            out[idx_cpu] = torch.linalg.solve(G + lam[:, None, None] * eye, B @ (y - mean)[:, :, None])[..., 0].cpu()
+        return out.numpy()
+
+    @torch.no_grad()
+    def z_from_classes(self, rec:dict, # `classify_poses`'s record ('amplitudes', 'junk')
+                      )->np.ndarray: # (N, n) the coordinates written
+        "Re-estimate z from a classification: the embedding of the particles' class amplitudes (`class_amplitudes`), rotated onto the current z."
+        a = self._set_z(torch.as_tensor(rec['amplitudes']), torch.as_tensor(~rec['junk']), align=True)
+        self.log(f'conformations re-estimated from the {rec["amplitudes"].shape[1] + 1} class maps\' differences ({self.cfg.z_init_embed} embedding; '
+                 f'band limit {self._z_radius()} px; {int(rec["junk"].sum())} particles left out as junk)')
+        return a
 
     def run_epoch(self, epoch:int)->dict:
         "One pass over the particles in the phase of this epoch."
@@ -972,13 +1037,18 @@ class Trainer:
                 again = k in (0, self.cfg.epochs_sgd // 2 // self.cfg.refine_every * self.cfg.refine_every)
                 self.refine_poses(global_search=again and self.cfg.research and self.cfg.mode == 'abinit')
                 self._sync_tables()
+            classified = False
             if self.cfg.classify_rounds and self.cfg.zdim > 0 and self.phase(e) == 'sgd' and k == self.cfg.epochs_sgd - 1 and k >= 1:
-                self.classify_poses()  # the last epoch starts from each particle's best class pose (z is re-estimated from them below)
+                rec = self.classify_poses()  # the last epoch starts from each particle's best class pose, and z from where it lies between the classes
+                if rec.get('amplitudes') is not None and self.cfg.classify_z != 'variability':
+                    if self.cfg.classify_z == 'classes': self.z_from_classes(rec)
+                    else: self.variability_init(align=True, extra=rec['amplitudes'])
+                    classified = True
                 self._sync_tables()
             if z_now:  # poses are known from here on: start z from the data's main variability
                 self.variability_init()
                 self._sync_tables()
-            elif (self.cfg.zdim > 0 and self.cfg.z_init == 'variability' and self.cfg.z_reestimate and self.phase(e) == 'sgd'
+            elif (not classified and self.cfg.zdim > 0 and self.cfg.z_init == 'variability' and self.cfg.z_reestimate and self.phase(e) == 'sgd'
                   and self.cfg.refine_every and k % self.cfg.refine_every == 0 and k >= max(1, self.cfg.epochs_sgd // 2)):
                 self.variability_init(align=True)  # the poses just refined: estimate z again from them
                 self._sync_tables()

@@ -154,6 +154,15 @@ def test_classify_poses(tmp_path):
     assert len(rec['moved']) == 2 and rec['moved'][0] > 0.1 and sum(rec['sizes']) == len(lab)
     before, after = cluster_accuracy(lab[ok], wrong[ok]), cluster_accuracy(lab[ok], rec['classes'][ok])
     assert before < 0.8 and after > 0.93, (before, after)
+    # where each particle lies between the final class maps: one amplitude for 2 classes, split at its 2-means
+    a = rec['amplitudes']
+    assert a.shape == (len(lab), 1) and np.isfinite(a).all()
+    from sklearn.cluster import KMeans
+    acc_a = cluster_accuracy(lab[ok], KMeans(2, n_init=10, random_state=0).fit_predict(a[ok]))
+    assert acc_a > 0.9, f'2-means of the class amplitudes matches the states on {acc_a:.2f}'
+    zc = tr.z_from_classes(rec)  # classify_z='classes': z from them alone
+    acc_z = cluster_accuracy(lab[ok], KMeans(2, n_init=10, random_state=0).fit_predict(tr.z_all()[ok]))
+    assert zc.shape == (len(lab), 2) and acc_z > 0.9, f'2-means of z from the classes matches the states on {acc_z:.2f}'
     R, _ = tr.current_poses()
     err = pose_error(R.numpy()[ok], load_poses(d / 'poses.pkl')[0][ok], try_mirror=False).rot
     assert np.median(err) < 5.0, f'poses moved away from the truth: median {np.median(err):.2f}°'  # 4.3° (noisy maps of 60 images each)
@@ -163,12 +172,14 @@ def test_classify_poses(tmp_path):
                      z_reestimate=True), tmp_path / 'run2', progress=False)
     log = (tmp_path / 'run2/run.log').read_text()
     assert log.count('3-D classification') == 1 and log.index('3-D classification') < log.rindex('re-estimated') < log.rindex('epoch 2 (sgd)')
+    assert "variability components and the 2 class maps' differences" in log  # classify_z='both': z from the two together
     # junk left out of the class maps, found by the run itself (the mean map's fit, then the class maps' fit)
     n_left = int(re.search(r'(\d+) particles left out of the class maps as junk', log).group(1))
     assert abs(n_left - int((lab < 0).sum())) <= 2, (n_left, int((lab < 0).sum()))
     with pytest.raises(Exception, match='classify_rounds'): _cfg(d, classify_rounds=-1)
     with pytest.raises(Exception, match='classify_k'): _cfg(d, classify_rounds=2)  # how many states: the user says
     with pytest.raises(Exception, match='classify_folds'): _cfg(d, classify_rounds=2, classify_k=2, classify_folds=1)
+    with pytest.raises(Exception, match='classify_z'): _cfg(d, classify_rounds=2, classify_k=2, classify_z='kmeans')
 
 
 def test_index_selection(tiny, tmp_path):
