@@ -4,9 +4,10 @@ classification passes of its last epoch once (`Trainer.classify_poses`, the run'
 them, then scores candidate starts against the ground truth: the adjusted Rand index of a 3-means split of z (junk
 left out) on a discrete set, |Spearman ρ| of z's first principal component with the motion on a continuous one.
 
-Candidates: the classes themselves; the class amplitudes (`Trainer.class_amplitudes`, where each particle lies
+Candidates: the classes themselves; the class errors (`class_errors`); the class amplitudes (`Trainer.class_amplitudes`, where each particle lies
 between the class maps) raw and embedded, at several band limits; a new variability fit at the class poses
-(`classify_z='variability'`); and the two side by side (`classify_z='both'`). The scores are of the start, before the
+(`classify_z='variability'`); and that fit, the class amplitudes and the class errors side by side
+(`classify_z='both'`). The scores are of the start, before the
 last epoch trains on it; `train ... --load` on a copy of the checkpoint measures a whole run.
 
     python benchmarks/classify_z.py RUNDIR SIMDIR OUTDIR                 # classify once (about 10 min at 1 thread), then score
@@ -32,7 +33,7 @@ def main(argv=None):
     from scipy.stats import spearmanr
     from drgnai_nb.io import load_pkl
     from drgnai_nb.metrics import adjusted_rand_index
-    from drgnai_nb.train import Trainer, TrainConfig, class_fold_maps, spectral_coordinates, latest_epoch
+    from drgnai_nb.train import Trainer, TrainConfig, class_fold_maps, class_errors, spectral_coordinates, latest_epoch
     run, sim, out = Path(a.rundir).resolve(), Path(a.simdir).resolve(), Path(a.outdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig.from_dict(yaml.safe_load((run / 'config.yaml').read_text()))
@@ -63,6 +64,7 @@ def main(argv=None):
     tr.poses.load_state_dict(st['pose_table']); rec = st['rec']
     if discrete: print(f'{"the classes":60s} ARI {adjusted_rand_index(lab[good], rec["classes"][good]):.3f}')
     score(tr.z_all(), 'z of the checkpoint')
+    score(class_errors(rec['errors']), 'class errors (less their mean over the classes): raw')
     cls = torch.as_tensor(rec['classes']).masked_fill(torch.as_tensor(rec['junk']), -1)
     R, t = tr.poses.all()
     caches = class_fold_maps(tr.ds, R, t, tr.ctf, cls, k, tr.mask_radius(tr.epoch), folds=cfg.classify_folds)
@@ -77,7 +79,7 @@ def main(argv=None):
     z0 = tr.z_all().copy()
     tr.variability_init(align=True); score(tr.z_all(), "a new variability fit (classify_z='variability')")
     tr.conf.weight.data[:] = torch.as_tensor(z0)
-    tr.variability_init(align=True, extra=amp); score(tr.z_all(), "both side by side (classify_z='both')")
+    tr.variability_init(align=True, extra=[amp, class_errors(rec['errors'])]); score(tr.z_all(), "both side by side (classify_z='both')")
     tr.conf.weight.data[:] = torch.as_tensor(z0)
     tr.z_from_classes({**rec, 'amplitudes': amp}); score(tr.z_all(), "the class amplitudes alone (classify_z='classes')")
 

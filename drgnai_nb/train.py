@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['AMP_MODES', 'amp_dtype', 'autocast_for', 'fp32_scores', 'AmpScaler', 'cache_from_model', 'TrainConfig', 'parse_set',
            'PoseTable', 'conformation_groups', 'variability_amplitudes', 'variability_components',
-           'spectral_coordinates', 'class_fold_maps', 'TrainingDiverged', 'decode_budget', 'latest_epoch', 'Trainer',
-           'train', 'compare_to_truth', 'format_truth_table']
+           'spectral_coordinates', 'class_fold_maps', 'class_errors', 'TrainingDiverged', 'decode_budget',
+           'latest_epoch', 'Trainer', 'train', 'compare_to_truth', 'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #37ac8a05
 import contextlib, math, os, re, time, json, shutil
@@ -158,7 +158,7 @@ class TrainConfig:
     classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
     classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
     classify_folds: int = 4 # cross-validation folds of its class maps (`class_fold_maps`; 2: half maps)
-    classify_z: str = 'both' # z after that classification, from the embedding of: 'both' (the variability fit at the class poses and where each particle lies between the class maps, `Trainer.class_amplitudes`), 'classes' (the latter only) or 'variability' (the former only)
+    classify_z: str = 'both' # z after that classification, from the embedding of: 'both' (a variability fit at the class poses, where each particle lies between the class maps, `Trainer.class_amplitudes`, and how well each class map fits it), 'classes' (where it lies between them only) or 'variability' (the fit only)
     # --- loss mask
     output_mask: str = 'circ' # 'circ' (radius D/2) or 'frequency_marching'
     l_start_fm: int = 12 # frequency marching: first radius, px
@@ -485,6 +485,15 @@ def class_fold_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartl
             out[c, f] = VolumeCache.from_volume_ht(volume_to_ht(vf, pad=2), radius, oversample=2, D=D)
     return out
 
+# %% ../nbs/12_train.ipynb #7623e8f5
+def class_errors(E:np.ndarray, # (N, k) each particle's error against each class map at that class's pose (`classify_poses`'s 'errors')
+                )->np.ndarray: # (N, k') the errors less each particle's mean over the classes; classes with no map (infinite errors) left out
+    "How well each class map fits each particle relative to the others: a coordinate of the classification for z (`classify_z='both'`)."
+    E = np.asarray(E, np.float64)
+    E = E[:, np.isfinite(E).all(0)]
+    return E - E.mean(1, keepdims=True)
+
+
 # %% ../nbs/12_train.ipynb #7e416ea1
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
@@ -653,7 +662,7 @@ class Trainer:
                          n_iter:int=None, # alternating least-squares iterations (None: `z_init_iters`)
                          max_particles:int=20000, # particles (a random subset) the components are estimated from
                          align:bool=False, # rotate the new amplitudes onto the current z (orthogonal Procrustes) instead of replacing its axes
-                         extra:np.ndarray=None, # (N, m) more amplitudes of every particle (`class_amplitudes`), embedded together with these
+                         extra:list=None, # more coordinates of every particle, arrays (N, m) (`class_amplitudes`, class errors), embedded together with these
                         )->np.ndarray:
         """Set z from the principal 3-D variability of the residuals (poses held fixed), like a 3-D variability analysis:
         components Δ_k (voxel Hartley volumes, band-limited to `z_init_radius`) and per-particle amplitudes a_ik with
@@ -661,8 +670,8 @@ class Trainer:
         (`spectral_coordinates`) or their principal axes (`z_init_embed`). Particles the mean map does not explain at all
         (junk: a clearly separate low mode of the fit gain |y|² − |y − C P V̄|², `analysis.junk_by_fit`) are left
         out of the components, else the main variability would be junk against particles. The solver is
-        `variability_components`. With `extra`, each set of amplitudes is scaled to unit mean square and the embedding
-        is that of both side by side. Returns the new z coordinates (N, n) written to the table's first n columns (n = zdim for
+        `variability_components`. With `extra`, each set of coordinates is scaled to unit mean square and the embedding
+        is that of all of them side by side. Returns the new z coordinates (N, n) written to the table's first n columns (n = zdim for
         the spectral embedding, min(zdim, K) for principal axes), scaled to unit spread of the first."""
         cfg, D = self.cfg, self.D
         K = cfg.z_init_components
@@ -684,13 +693,13 @@ class Trainer:
             full.append(variability_amplitudes(vols, rr, cc, RR, self.lat.coords[m], D))
         fit = torch.zeros(self.N, dtype=torch.bool); fit[torch.as_tensor(sub)[torch.as_tensor(~junk)]] = True
         a = torch.cat(full).double()
-        if extra is not None:  # two sets side by side, each of unit mean square: neither outweighs the other by its unit or size
+        if extra:  # the sets side by side, each of unit mean square: none outweighs another by its unit or size
             unit = lambda x: (x - x.mean(0)) / (x - x.mean(0)).pow(2).sum(1).mean().sqrt().clamp(min=1e-30)
-            a = torch.cat([unit(a), unit(torch.as_tensor(extra, dtype=torch.float64, device=a.device))], 1)
+            a = torch.cat([unit(a)] + [unit(torch.as_tensor(x, dtype=torch.float64, device=a.device)) for x in extra], 1)
         a = self._set_z(a, fit, align)
         self.model.train()
         self.log(f'conformations {"re-estimated" if align else "initialised"} from {K} principal variability components '
-                 + (f'and the {extra.shape[1] + 1} class maps\' differences ' if extra is not None else '')
+                 + (f'and the classification ({" and ".join(str(x.shape[1]) for x in extra)} coordinates) ' if extra else '')
                  + f'({cfg.z_init_embed} embedding; band limit {radius} px; {int(junk.sum())} of {len(junk)} particles left out as junk by their fit)')
         return a
 
@@ -1042,7 +1051,7 @@ class Trainer:
                 rec = self.classify_poses()  # the last epoch starts from each particle's best class pose, and z from where it lies between the classes
                 if rec.get('amplitudes') is not None and self.cfg.classify_z != 'variability':
                     if self.cfg.classify_z == 'classes': self.z_from_classes(rec)
-                    else: self.variability_init(align=True, extra=rec['amplitudes'])
+                    else: self.variability_init(align=True, extra=[rec['amplitudes'], class_errors(rec['errors'])])
                     classified = True
                 self._sync_tables()
             if z_now:  # poses are known from here on: start z from the data's main variability

@@ -172,7 +172,7 @@ def test_classify_poses(tmp_path):
                      z_reestimate=True), tmp_path / 'run2', progress=False)
     log = (tmp_path / 'run2/run.log').read_text()
     assert log.count('3-D classification') == 1 and log.index('3-D classification') < log.rindex('re-estimated') < log.rindex('epoch 2 (sgd)')
-    assert "variability components and the 2 class maps' differences" in log  # classify_z='both': z from the two together
+    assert "variability components and the classification (1 and 2 coordinates)" in log  # classify_z='both': class amplitudes and errors too
     # junk left out of the class maps, found by the run itself (the mean map's fit, then the class maps' fit)
     n_left = int(re.search(r'(\d+) particles left out of the class maps as junk', log).group(1))
     assert abs(n_left - int((lab < 0).sum())) <= 2, (n_left, int((lab < 0).sum()))
