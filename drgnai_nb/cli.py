@@ -588,8 +588,8 @@ def add_train(sub):
     p.add_argument('--datadir', metavar='DIR', help='folder of the stacks named in a .star/.cs')
     p.add_argument('--zdim', type=int, metavar='Z', help='conformation size; 0 = homogeneous (default 0)')
     p.add_argument('--classes', type=int, metavar='K', help='heterogeneous runs: 3-D classification into K states before the last\n'
-                   'epoch (sets classify_k=K and, unless given, classify_rounds=3; 0: none); z then also comes\n'
-                   'from where each particle lies between the class maps (classify_z, default both)')
+                   'epoch (sets classify_k=K and, unless given, classify_rounds=3; 0: none); z then comes from\n'
+                   'where each particle lies between the class maps (classify_z=classes; both for a motion)')
     p.add_argument('--mode', choices=['abinit', 'refine', 'fixed'], help='pose estimation (default abinit)')
     p.add_argument('--ind', metavar='IND', help='index pickle selecting particles')
     p.add_argument('--preset', choices=['cpu', 'gpu'], help='size of model and search (default: gpu if CUDA is available, else cpu)')

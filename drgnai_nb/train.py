@@ -158,7 +158,7 @@ class TrainConfig:
     classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
     classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
     classify_folds: int = 4 # cross-validation folds of its class maps (`class_fold_maps`; 2: half maps)
-    classify_z: str = 'both' # z after that classification, from the embedding of: 'both' (a variability fit at the class poses, where each particle lies between the class maps, `Trainer.class_amplitudes`, and how well each class map fits it), 'classes' (where it lies between them only) or 'variability' (the fit only)
+    classify_z: str = 'classes' # z after that classification, from the embedding of: 'classes' (where each particle lies between the class maps, `Trainer.class_amplitudes`: discrete states), 'both' (that, a variability fit at the class poses and how well each class map fits the particle: motion) or 'variability' (the fit only)
     # --- loss mask
     output_mask: str = 'circ' # 'circ' (radius D/2) or 'frequency_marching'
     l_start_fm: int = 12 # frequency marching: first radius, px

@@ -169,7 +169,7 @@ def test_classify_poses(tmp_path):
     assert '3-D classification: 2 classes, 2 rounds' in (tmp_path / 'run/run.log').read_text()
     # in a run: the pass opens the SGD phase's last epoch, and z is re-estimated after it
     tr2 = train(_cfg(d, mode='refine', poses=str(d / 'poses.pkl'), zdim=2, epochs_sgd=3, classify_rounds=1, classify_k=2, refine_z_groups=2,
-                     z_reestimate=True), tmp_path / 'run2', progress=False)
+                     z_reestimate=True, classify_z='both'), tmp_path / 'run2', progress=False)
     log = (tmp_path / 'run2/run.log').read_text()
     assert log.count('3-D classification') == 1 and log.index('3-D classification') < log.rindex('re-estimated') < log.rindex('epoch 2 (sgd)')
     assert "variability components and the classification (1 and 2 coordinates)" in log  # classify_z='both': class amplitudes and errors too
