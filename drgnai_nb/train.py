@@ -694,7 +694,7 @@ class Trainer:
         fit = torch.zeros(self.N, dtype=torch.bool); fit[torch.as_tensor(sub)[torch.as_tensor(~junk)]] = True
         a = torch.cat(full).double()
         if extra:  # the sets side by side, each of unit mean square: none outweighs another by its unit or size
-            unit = lambda x: (x - x.mean(0)) / (x - x.mean(0)).pow(2).sum(1).mean().sqrt().clamp(min=1e-30)
+            def unit(x): x = x - x.mean(0); return x / x.pow(2).sum(1).mean().sqrt().clamp(min=1e-30)
             a = torch.cat([unit(a)] + [unit(torch.as_tensor(x, dtype=torch.float64, device=a.device)) for x in extra], 1)
         a = self._set_z(a, fit, align)
         self.model.train()
@@ -736,13 +736,16 @@ class Trainer:
         zbar = self.conf.weight.mean(0, keepdim=True) if self.cfg.zdim > 0 else None
         return radius, self.lat.get_circular_mask(radius), cache_from_model(self.model, self.D, radius, zbar, amp=self.amp)
 
+    def _band_images(self, idx_np:np.ndarray, m:Tensor)->tuple: # (images y (B, n) re-centred by their shifts, CTF (B, n), R (B, 3, 3), idx (B,))
+        "The particles `idx_np` at their current poses, inside the lattice mask `m` (Hartley values)."
+        idx = torch.as_tensor(idx_np, device=self.device)
+        R, t = self.current_poses_of(idx)
+        y = self.lat.translate_ht(self.ds.get_batch(idx_np).to(self.device).reshape(len(idx), -1)[:, m], t, mask=m)
+        return y, self._ctf(idx, m), R, idx
+
     def _residuals(self, idx_np:np.ndarray, mean:VolumeCache, m:Tensor)->tuple:
         "(residuals y − C P V̄, CTF, R, idx, fit gain |y|² − |y − C P V̄|²) of the particles `idx_np` inside the lattice mask `m`."
-        idx = torch.as_tensor(idx_np, device=self.device)
-        y = self.ds.get_batch(idx_np).to(self.device).reshape(len(idx), -1)[:, m]
-        R, t = self.current_poses_of(idx)
-        yt = self.lat.translate_ht(y, t, mask=m)
-        c = self._ctf(idx, m)
+        yt, c, R, idx = self._band_images(idx_np, m)
         res = yt - c * mean.slices(R[None], self.lat.coords[m])[0]
         return res, c, R, idx, (yt ** 2).sum(1) - (res ** 2).sum(1)
 
@@ -982,11 +985,10 @@ class Trainer:
         out = torch.zeros(self.N, len(cs) - 1, dtype=torch.float64)
         eye = torch.eye(len(cs) - 1, dtype=torch.float64, device=self.device)
         for s in range(0, self.N, 256):
-            idx_cpu = torch.arange(s, min(self.N, s + 256)); idx = idx_cpu.to(self.device)
-            R, t = self.current_poses_of(idx)
-            y = self.lat.translate_ht(self.ds.get_batch(idx_cpu.numpy()).to(self.device).reshape(len(idx), -1)[:, m], t, mask=m).double()
-            ctf = self._ctf(idx, m).double()
-            S = torch.zeros(len(idx), len(cs), len(coords), dtype=torch.float64, device=self.device)  # (b, m, n) slices C_i P_i V_c
+            idx_cpu = torch.arange(s, min(self.N, s + 256))
+            y, ctf, R, _ = self._band_images(idx_cpu.numpy(), m)
+            y, ctf = y.double(), ctf.double()
+            S = torch.zeros(len(idx_cpu), len(cs), len(coords), dtype=torch.float64, device=self.device)  # (b, m, n) slices C_i P_i V_c
             for f in fold[idx_cpu].unique().tolist():
                 sel = (fold[idx_cpu] == f).nonzero()[:, 0].to(self.device)
                 S[sel] = ctf[sel, None] * torch.stack([caches[c, f].slices(R[sel][None], coords)[0] for c in cs], 1).double()
