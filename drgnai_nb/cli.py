@@ -594,7 +594,8 @@ def add_train(sub):
     p.add_argument('--ind', metavar='IND', help='index pickle selecting particles')
     p.add_argument('--preset', choices=['cpu', 'gpu'], help='size of model and search (default: gpu if CUDA is available, else cpu)')
     p.add_argument('--config', metavar='CFG.yaml', help='settings file (e.g. a previous run\'s config.yaml)')
-    p.add_argument('--set', nargs='+', metavar='KEY=VALUE', default=[], help='override any config field, e.g. --set lr=1e-3 epochs_sgd=20')
+    p.add_argument('--set', nargs='+', action='extend', metavar='KEY=VALUE', default=[], help='override any config field, e.g. --set lr=1e-3 epochs_sgd=20\n'
+                   '(repeatable: every --set adds to the others)')
     p.add_argument('--load', metavar='latest|weights.E.pt', help='resume from the latest checkpoint of OUTDIR, or from a given one')
     p.add_argument('--overwrite', action='store_true', help='replace an existing run in OUTDIR')
     p.add_argument('--seed', type=int, help='random seed')
@@ -660,7 +661,7 @@ def add_demo(sub):
     p.add_argument('--zdim', type=int, default=0, help='conformation size (with --heterogeneity)')
     p.add_argument('--heterogeneity', choices=['none', 'discrete', 'continuous'], default='none', help='simulated heterogeneity')
     p.add_argument('--quick', action='store_true', help='a much shorter schedule (seconds; for testing the pipeline)')
-    p.add_argument('--set', nargs='+', metavar='KEY=VALUE', default=[], help='override training config fields')
+    p.add_argument('--set', nargs='+', action='extend', metavar='KEY=VALUE', default=[], help='override training config fields (repeatable)')
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--overwrite', action='store_true', help='replace an existing demo in OUTDIR')
     return p

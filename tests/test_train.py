@@ -261,6 +261,8 @@ def test_cli_config_precedence(tiny, tmp_path):
     assert (cfg.classify_k, cfg.classify_rounds) == (3, 3)
     cfg, _ = train_config_from_args(args('--classes', '2', '--set', 'classify_rounds=5'), cuda=False)
     assert (cfg.classify_k, cfg.classify_rounds) == (2, 5)
+    cfg, _ = train_config_from_args(args('--classes', '3', '--set', 'classify_z=both', '--seed', '1', '--set', 'classify_rounds=2', 'lr=2e-3'), cuda=False)
+    assert (cfg.classify_z, cfg.classify_rounds, cfg.lr, cfg.seed) == ('both', 2, 2e-3, 1)  # every --set counts, not only the last
     assert train_config_from_args(args(), cuda=False)[0].classify_rounds == 0  # off unless asked for
 
 
