@@ -12,9 +12,20 @@
    run's pose fits better, a better search cannot help: the learned maps prefer the wrong pose.
 4. **Evidence in the images**: the share of particles whose best-fitting TRUE state map (at the true pose, and after
    local refinement against each state map) is their own state: what perfect maps would allow.
+5. **Do the run's poses hold the states?** The particles grouped by the TRUTH (the true states; on a continuous set,
+   `--windows` equal bins of the true motion coordinate), each group backprojected into cross-validated maps
+   (`class_fold_maps`) once at the run's poses and once at the true poses; each particle then goes to the group map it
+   fits best (band `z_init_radius`). The maps are made from the poses they are scored with, so each set is judged in its
+   own frame; the gap between the two is what the run's pose errors cost z, whatever the decoder learned. On a continuous
+   set this step also prints how the run's rotation errors (the error rotation in the molecule's frame, as a rotation
+   vector) follow the motion: a rank correlation near 1 means a systematic turn that grows along the motion.
+6. **The images' own limit** (continuous sets made with the built-in molecule): each of `--max-particles` particles'
+   most likely place along the motion (41 steps), scored against the simulator's exact noise-free images at its true
+   pose, shift and CTF, within the band of step 5 and over the whole image.
 
     python benchmarks/diagnose_states.py RUNDIR SIMDIR                 # all four
     python benchmarks/diagnose_states.py RUNDIR SIMDIR --bands 6 --max-particles 300
+    python benchmarks/diagnose_states.py RUNDIR SIMDIR --windows 8               # step 5's bins of a continuous motion
 """
 import argparse, os, time
 from pathlib import Path
@@ -28,13 +39,14 @@ def main(argv=None):
     p.add_argument('--bands', default='3,6', help='step 2: put the true poses back where the run is off by more than these, degrees')
     p.add_argument('--max-particles', type=int, default=200, help='steps 3 and 4: particles per error band / in all')
     p.add_argument('--groups', type=int, default=0, help='step 3: conformation groups (0: the run\'s refine_z_groups)')
+    p.add_argument('--windows', type=int, default=8, help='step 5, continuous sets: bins of the true motion coordinate')
     p.add_argument('--threads', type=int, default=os.cpu_count()); p.add_argument('--seed', type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     import yaml
     from sklearn.cluster import KMeans
     from scipy.stats import spearmanr
-    from drgnai_nb.train import TrainConfig, Trainer, conformation_groups, cache_from_model
+    from drgnai_nb.train import TrainConfig, Trainer, conformation_groups, cache_from_model, class_fold_maps
     from drgnai_nb.hps import VolumeCache, local_refine
     from drgnai_nb.forward import volume_to_ht
     from drgnai_nb.io import load_pkl, load_poses, read_mrc
@@ -145,6 +157,75 @@ def main(argv=None):
             acc0, acc1 = (float((torch.cat(E).argmin(1).cpu() == L).float().mean()) for E in (E0, E1))
             print(f'step 4, {len(pick)} particles: the true state map that fits best is their own for {acc0:.3f} at the true pose, '
                   f'{acc1:.3f} after local refinement against each map')
+
+        # 5. do the run's poses hold the states? groups of the truth backprojected at the run's poses and at the true poses
+        if discrete: grp = np.where(good, np.searchsorted(np.unique(lab[good]), lab), -1)
+        else: grp = np.where(good, np.minimum((np.nan_to_num(u) * a.windows).astype(int), a.windows - 1), -1)
+        n_grp = int(grp.max()) + 1
+        grp_t = torch.as_tensor(grp).long()
+        mz = tr.lat.get_circular_mask(tr._z_radius()); kz = tr.lat.coords[mz]
+        fold = torch.arange(tr.N) % cfg.classify_folds
+        for name, (R_, t_) in (('run', (Rr.float(), trr.float())), ('true', (torch.as_tensor(Rt).float(), torch.as_tensor(tt).float()))):
+            R_, t_ = R_.to(tr.device), t_.to(tr.device)
+            maps = class_fold_maps(tr.ds, R_, t_, tr.ctf, grp_t, n_grp, D // 2, folds=cfg.classify_folds)
+            have = sorted({c for c, _ in maps})
+            if len(have) < 2:
+                print(f'step 5, {name} poses: fewer than 2 of the {n_grp} groups have {cfg.classify_folds} folds of 5 particles; skipped'); continue
+            E = torch.full((tr.N, n_grp), float('inf'))
+            for s0_ in range(0, tr.N, 256):
+                s = torch.arange(s0_, min(tr.N, s0_ + 256)); sd = s.to(tr.device)
+                y = tr.lat.translate_ht(tr.ds.get_batch(s.numpy()).to(tr.device).reshape(len(s), -1)[:, mz], t_[sd], mask=mz)
+                ctf = tr._ctf(sd, mz)
+                for f in range(cfg.classify_folds):
+                    rows = (fold[s] == f).nonzero()[:, 0]; rows_d = rows.to(tr.device)
+                    for c in have:
+                        if (c, f) in maps:
+                            E[s[rows], c] = ((y[rows_d] - ctf[rows_d] * maps[c, f].slices(R_[sd][rows_d][None], kz)[0]) ** 2).sum(1).float().cpu()
+            best = E.argmin(1).numpy()
+            right = float(np.mean(best[good] == grp[good]))
+            if discrete: fig = f'ARI {adjusted_rand_index(grp[good], best[good]):.3f}'
+            else: fig = f'|rho| with the motion {abs(spearmanr(best[good], u[good]).statistic):.3f}'
+            print(f'step 5, {n_grp} {"true states" if discrete else "bins of the true motion"} backprojected at the {name} poses '
+                  f'(band {tr._z_radius()} px): best-fitting group is their own for {right:.3f}; {fig}', flush=True)
+        if not discrete:
+            from scipy.spatial.transform import Rotation
+            rv = Rotation.from_matrix(np.swapaxes(Rt[good], 1, 2) @ pe.rot_aligned).as_rotvec(degrees=True)
+            rs = [spearmanr(rv[:, i], u[good]).statistic for i in range(3)]
+            lo, hi = u[good] < np.quantile(u[good], 0.2), u[good] > np.quantile(u[good], 0.8)
+            print('step 5, the run\'s rotation errors along the motion (molecule frame): rank correlation with the motion of the x, y, z '
+                  'components ' + ', '.join(f'{r:+.2f}' for r in rs) + f'; mean error rotation in the lowest / highest fifth of the motion '
+                  + ' / '.join('(' + ', '.join(f'{v:+.1f}' for v in rv[b_].mean(0)) + ')°' for b_ in (lo, hi)), flush=True)
+
+        # 6. the images' own limit: maximum likelihood along the motion against the simulator's exact images
+        scfg = yaml.safe_load(open(sim / 'sim_config.yaml')) if (sim / 'sim_config.yaml').exists() else {}
+        if not discrete and scfg.get('heterogeneity') == 'continuous' and scfg.get('volume') is None and scfg.get('D') == D:
+            from drgnai_nb.simulate import builtin_molecule, blob_volume, blob_slices
+            from drgnai_nb.forward import slice_volume
+            from drgnai_nb.fft import iht2_center, crop_ht
+            from drgnai_nb.ctf import ctf_from_params
+            from drgnai_nb.lattice import Lattice
+            lat0 = Lattice(D + 1)
+            mol = builtin_molecule(D); ax = torch.tensor(scfg['hinge_axis'], dtype=torch.float64); mol.axis = ax / ax.norm()
+            static = volume_to_ht(blob_volume(mol, D, 0.0, part='static').double(), 4 if D <= 128 else 2)  # as `simulate` renders it
+            arm = mol.subset(mol.moving)
+            pick = np.flatnonzero(good); pick = np.sort(pick[torch.randperm(len(pick), generator=g)[:a.max_particles].numpy()])
+            raw = torch.as_tensor(np.asarray(read_mrc(sim / 'particles.mrcs')[0])[np.asarray(sel)[pick]]).double()
+            ctf0 = torch.as_tensor(np.asarray(load_pkl(sim / 'ctf.pkl'), np.float64)[np.asarray(sel)[pick]])
+            Rp, tp = torch.as_tensor(Rt[pick]), torch.as_tensor(tt[pick])
+            grid_u = torch.linspace(0, 1, 41, dtype=torch.float64)
+            fr = torch.fft.fftfreq(D, dtype=torch.float64) * D; kr = (fr[:, None] ** 2 + fr[None, :] ** 2).sqrt()
+            bands = (tr._z_radius(), D // 2)
+            E = torch.zeros(len(bands), len(pick), len(grid_u), dtype=torch.float64)
+            h0 = slice_volume(static, Rp, lat0.coords.double())
+            for j, uj in enumerate(grid_u.tolist()):
+                h = h0 + blob_slices(arm.centres_at(torch.full((len(pick),), uj, dtype=torch.float64)) * D, arm.sigmas * D, arm.amps, Rp, lat0.coords)
+                h = lat0.translate_ht(h * ctf_from_params(ctf0, lat0.freqs2d.double()), -tp)
+                F = torch.fft.fft2(raw + iht2_center(crop_ht(h.view(len(pick), D + 1, D + 1)))).abs() ** 2  # image − clean (clean = −iHT)
+                for b_, r in enumerate(bands): E[b_, :, j] = F[:, kr <= r].sum(1)
+            rho_b = [abs(spearmanr(grid_u[E[b_].argmin(1)].numpy(), u[pick]).statistic) for b_ in range(len(bands))]
+            print(f'step 6, {len(pick)} particles: the images\' own limit, their most likely place along the motion (41 steps) against '
+                  f'the simulator\'s exact images at the true poses: |rho| with the motion {rho_b[0]:.3f} (band {bands[0]} px), '
+                  f'{rho_b[1]:.3f} (band {bands[1]} px)', flush=True)
 
 
 if __name__ == '__main__':

@@ -31,27 +31,41 @@ def test_profile_gpu_small(tmp_path, capsys):
     assert '--- SGD epoch' in out and '--- pose-search epoch' in out and 'Self CPU time total' in out
 
 
-def test_diagnose_states_small(tmp_path, capsys):
+@pytest.mark.parametrize('het', ['discrete', 'continuous'])
+def test_diagnose_states_small(tmp_path, capsys, het):
     "benchmarks/diagnose_states.py on a tiny ab initio run: every step prints, with figures in range."
     import diagnose_states
     from drgnai_nb.simulate import SimConfig, simulate_to_dir
     from drgnai_nb.train import TrainConfig, train
     sim = tmp_path / 'sim'
-    simulate_to_dir(SimConfig(n_images=96, D=24, snr=1.0, seed=0, shift_px=1.0, heterogeneity='discrete', n_states=2,
+    simulate_to_dir(SimConfig(n_images=96, D=24, snr=1.0, seed=0, shift_px=1.0, heterogeneity=het, n_states=2,
                               junk_fraction=0.1), sim, progress=False)
     tiny = dict(n_imgs_pretrain=64, n_imgs_pose_search=96, epochs_sgd=2, base_order=0, n_levels=2, l_start=6, l_end=8,
                 t_extent=2.0, t_n_grid=3, hps_search_batch=32, batch_size_hps=16, batch_size_sgd=16, batch_size_known_poses=16,
                 dim=32, pe_dim=8, refine_z_groups=2, z_init_iters=4)
     train(TrainConfig.preset('cpu', particles=str(sim / 'particles.mrcs'), ctf=str(sim / 'ctf.pkl'), zdim=2, **tiny),
           tmp_path / 'run', progress=False)
-    diagnose_states.main([str(tmp_path / 'run'), str(sim), '--bands', '5', '--max-particles', '16', '--threads', '1'])
+    diagnose_states.main([str(tmp_path / 'run'), str(sim), '--bands', '5', '--max-particles', '16', '--threads', '1', '--windows', '3'])
     out = capsys.readouterr().out
-    first = re.search(r'ARI of the final z (-?[0-9.]+); pose error median ([0-9.]+)°', out)
+    what = 'ARI' if het == 'discrete' else r'\|rho\| of PC1'
+    first = re.search(what + r' of the final z (-?[0-9.]+); pose error median ([0-9.]+)°', out)
     assert first and -1 <= float(first.group(1)) <= 1 and 0 <= float(first.group(2)) <= 180, out
     step2 = re.search(r'run poses (-?[0-9.]+); true poses (-?[0-9.]+); true poses for the \d+ off by > 5°: (-?[0-9.]+)', out)
     assert step2 and all(-1 <= float(v) <= 1 for v in step2.groups()), out
     shares = [float(v) for v in re.findall(r'fits the group maps better for ([0-9.]+) of them', out)]
     assert shares and all(0 <= v <= 1 for v in shares), out
-    acc = re.search(r'is their own for ([0-9.]+) at the true pose, ([0-9.]+) after', out)
-    assert acc and all(0 <= float(v) <= 1 for v in acc.groups()), out
-    assert float(acc.group(1)) > 0.8  # SNR 1, two states: the true maps tell them apart
+    # step 5: the truth's groups backprojected at the run's poses and at the true poses, each judged in its own frame
+    five = re.findall(r'step 5, (\d+) (?:true states|bins of the true motion) backprojected at the (run|true) poses \(band \d+ px\): '
+                      r'best-fitting group is their own for ([0-9.]+); (?:ARI|\|rho\| with the motion) (-?[0-9.]+)', out)
+    assert [f[1] for f in five] == ['run', 'true'], out
+    assert all(int(f[0]) == (2 if het == 'discrete' else 3) and 0 <= float(f[2]) <= 1 and -1 <= float(f[3]) <= 1 for f in five), out
+    if het == 'discrete':
+        acc = re.search(r'is their own for ([0-9.]+) at the true pose, ([0-9.]+) after', out)
+        assert acc and all(0 <= float(v) <= 1 for v in acc.groups()), out
+        assert float(acc.group(1)) > 0.8  # SNR 1, two states: the true maps tell them apart
+        assert float(five[1][2]) > 0.8  # and so do maps backprojected from the true poses
+    else:
+        rot = re.search(r'rank correlation with the motion of the x, y, z components ([-+0-9.]+), ([-+0-9.]+), ([-+0-9.]+);', out)
+        assert rot and all(-1 <= float(v) <= 1 for v in rot.groups()), out
+        lim = re.search(r"step 6, 16 particles: the images' own limit.*\|rho\| with the motion ([0-9.]+) \(band \d+ px\), ([0-9.]+) \(band 12 px\)", out)
+        assert lim and float(lim.group(2)) > 0.8, out  # SNR 1: the exact images place the particles along the motion
