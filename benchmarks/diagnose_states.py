@@ -199,10 +199,8 @@ def main(argv=None):
         # 6. the images' own limit: maximum likelihood along the motion against the simulator's exact images
         scfg = yaml.safe_load(open(sim / 'sim_config.yaml')) if (sim / 'sim_config.yaml').exists() else {}
         if not discrete and scfg.get('heterogeneity') == 'continuous' and scfg.get('volume') is None and scfg.get('D') == D:
-            from drgnai_nb.simulate import builtin_molecule, blob_volume, blob_slices
+            from drgnai_nb.simulate import builtin_molecule, blob_volume, blob_slices, form_images
             from drgnai_nb.forward import slice_volume
-            from drgnai_nb.fft import iht2_center, crop_ht
-            from drgnai_nb.ctf import ctf_from_params
             from drgnai_nb.lattice import Lattice
             lat0 = Lattice(D + 1)
             mol = builtin_molecule(D); ax = torch.tensor(scfg['hinge_axis'], dtype=torch.float64); mol.axis = ax / ax.norm()
@@ -219,8 +217,7 @@ def main(argv=None):
             h0 = slice_volume(static, Rp, lat0.coords.double())
             for j, uj in enumerate(grid_u.tolist()):
                 h = h0 + blob_slices(arm.centres_at(torch.full((len(pick),), uj, dtype=torch.float64)) * D, arm.sigmas * D, arm.amps, Rp, lat0.coords)
-                h = lat0.translate_ht(h * ctf_from_params(ctf0, lat0.freqs2d.double()), -tp)
-                F = torch.fft.fft2(raw + iht2_center(crop_ht(h.view(len(pick), D + 1, D + 1)))).abs() ** 2  # image − clean (clean = −iHT)
+                F = torch.fft.fft2(raw - form_images(h, ctf0, tp, lat0)).abs() ** 2  # image − clean
                 for b_, r in enumerate(bands): E[b_, :, j] = F[:, kr <= r].sum(1)
             rho_b = [abs(spearmanr(grid_u[E[b_].argmin(1)].numpy(), u[pick]).statistic) for b_ in range(len(bands))]
             print(f'step 6, {len(pick)} particles: the images\' own limit, their most likely place along the motion (41 steps) against '
