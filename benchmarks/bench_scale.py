@@ -126,7 +126,8 @@ def speed(a):
                         '-m', 'drgnai_nb.distributed', str(out / 'cfg.yaml'), str(out / 'run'), '--overwrite'], check=True,
                        env={**os.environ, 'OMP_NUM_THREADS': str(max(1, (a.threads or os.cpu_count()) // a.nproc))})
         wall = time.time() - t0
-        st = torch.load(out / 'run' / f'weights.{cfg.epochs_sgd}.pt', map_location='cpu', weights_only=False)
+        from drgnai_nb.io import load_checkpoint
+        st = load_checkpoint(out / 'run' / f'weights.{cfg.epochs_sgd}.pt')
         hist = st['history']
         print(json.dumps({'nproc': a.nproc, 'wall_s': wall, 'history': hist}, indent=2))
         return

@@ -49,7 +49,7 @@ def pose_floor(data, fixed_run=None, n=600, radius=None):
     """The pose accuracy this data allows: local refinement (the trainer's own `local_refine`) started from the TRUE
     poses, scored against the true map and against the map learned with the true poses (`fixed`). No method that
     scores poses against a map of that quality can expect smaller median errors than these."""
-    from drgnai_nb.io import read_mrc, load_poses, load_ctf
+    from drgnai_nb.io import read_mrc, load_poses, load_ctf, load_checkpoint
     from drgnai_nb.data import ImageSource, ParticleDataset
     from drgnai_nb.forward import volume_to_ht
     from drgnai_nb.hps import VolumeCache, local_refine
@@ -67,7 +67,7 @@ def pose_floor(data, fixed_run=None, n=600, radius=None):
     if fixed_run is not None:
         from drgnai_nb.train import latest_epoch, TrainConfig
         from drgnai_nb.models import make_volume, VolumeConfig
-        st = torch.load(Path(fixed_run) / f'weights.{latest_epoch(fixed_run)}.pt', map_location='cpu', weights_only=False)
+        st = load_checkpoint(Path(fixed_run) / f'weights.{latest_epoch(fixed_run)}.pt')
         c_ = TrainConfig.from_dict(st['config'])
         m = make_volume(VolumeConfig(D, kind=c_.volume, z_dim=0, layers=c_.layers, hidden_dim=c_.dim, pe_dim=c_.pe_dim,
                                      feat_sigma=c_.feat_sigma, seed=c_.seed))

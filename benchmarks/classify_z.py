@@ -31,7 +31,7 @@ def main(argv=None):
     import yaml
     from sklearn.cluster import KMeans
     from scipy.stats import spearmanr
-    from drgnai_nb.io import load_pkl
+    from drgnai_nb.io import load_pkl, load_checkpoint
     from drgnai_nb.metrics import adjusted_rand_index
     from drgnai_nb.train import Trainer, TrainConfig, class_fold_maps, class_errors, spectral_coordinates, latest_epoch
     run, sim, out = Path(a.rundir).resolve(), Path(a.simdir).resolve(), Path(a.outdir).resolve()
@@ -59,9 +59,10 @@ def main(argv=None):
     if not saved.exists():
         tr.refine_poses()
         rec = tr.classify_poses(k=k)
-        torch.save({'pose_table': tr.poses.state_dict(), 'rec': rec}, saved)
-    st = torch.load(saved, weights_only=False)
-    tr.poses.load_state_dict(st['pose_table']); rec = st['rec']
+        torch.save({'pose_table': tr.poses.state_dict(),  # numpy arrays as tensors: the file loads without running code
+                    'rec': {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in rec.items()}}, saved)
+    st = load_checkpoint(saved)
+    tr.poses.load_state_dict(st['pose_table']); rec = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in st['rec'].items()}
     if discrete: print(f'{"the classes":60s} ARI {adjusted_rand_index(lab[good], rec["classes"][good]):.3f}')
     score(tr.z_all(), 'z of the checkpoint')
     score(class_errors(rec['errors']), 'class errors (less their mean over the classes): raw')

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 from .io import (DrgnaiInputError, atomic_write, write_mrc, read_mrc, save_pkl, load_pkl, save_ind, load_ind,
-                          load_poses, load_ctf, write_star, write_cs, read_cs, particle_location_arrays)
+                          load_poses, load_ctf, write_star, write_cs, read_cs, particle_location_arrays,
+                          load_checkpoint, resolve_run_path)
 from .models import VolumeConfig, make_volume, eval_volume
 
 # %% ../nbs/13_analysis.ipynb #60a543c3
@@ -39,14 +40,9 @@ def find_epoch(rundir:str|Path, # run directory
     if epoch not in es: raise DrgnaiInputError(f'{rundir}/weights.{epoch}.pt not found; epochs with checkpoints: {es}')
     return int(epoch)
 
-def _resolve(path, rundir:Path)->Path|None:
-    "A path from the run's config: as written, else relative to the run directory or its parent."
-    if path in (None, ''): return None
-    p = Path(path)
-    if p.is_absolute() or p.exists(): return p
-    for base in (rundir, rundir.parent):
-        if (base / p).exists(): return base / p
-    return p
+def _resolve(path, rundir:Path, field:str='path')->Path|None:
+    "A data path from the run's config (`io.resolve_run_path`: absolute in new runs; old relative ones checked for ambiguity)."
+    return resolve_run_path(path, rundir, field)
 
 def model_from_state(st:dict)->torch.nn.Module:
     "The decoder of a checkpoint dict (`weights.E.pt`), in eval mode."
@@ -81,9 +77,9 @@ class Run:
     @property
     def zdim(self)->int: return 0 if self.z is None else self.z.shape[1]
     @property
-    def particles(self)->Path|None: return _resolve(self.config.get('particles'), self.rundir)
+    def particles(self)->Path|None: return _resolve(self.config.get('particles'), self.rundir, 'particles')
     @property
-    def datadir(self)->Path|None: return _resolve(self.config.get('datadir'), self.rundir)
+    def datadir(self)->Path|None: return _resolve(self.config.get('datadir'), self.rundir, 'datadir')
 
     def locations(self)->tuple: # (stacks, stack_id (n_total,), index (n_total,))
         "Where every particle of the particle file lives (cached)."
@@ -99,7 +95,7 @@ class Run:
     def ctf(self)->np.ndarray|None: # (N, 9) CTF parameters of the run's particles, None without CTF
         "CTF parameters of the run's particles (from the run's CTF pickle), or None."
         if 'ctf' not in self._cache:
-            p = _resolve(self.config.get('ctf'), self.rundir)
+            p = _resolve(self.config.get('ctf'), self.rundir, 'ctf')
             if p is None: self._cache['ctf'] = None
             else:
                 c = load_ctf(p)
@@ -146,7 +142,7 @@ def load_run(rundir:str|Path, # run directory of `drgnai-nb train`
     rundir = Path(rundir)
     if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
     e = find_epoch(rundir, epoch)
-    st = torch.load(rundir / f'weights.{e}.pt', map_location=device, weights_only=False)
+    st = load_checkpoint(rundir / f'weights.{e}.pt', map_location=device)
     for k in ('config', 'model_state_dict', 'D'):
         if k not in st: raise DrgnaiInputError(f'{rundir}/weights.{e}.pt: field {k!r} missing; expected a drgnai-nb checkpoint')
     cfg = dict(st['config'])
@@ -163,7 +159,7 @@ def load_run(rundir:str|Path, # run directory of `drgnai-nb train`
         if z.shape != (N, int(cfg['zdim'])): raise DrgnaiInputError(f'{zf}: shape {z.shape}, expected ({N}, {cfg["zdim"]})')
     ind = np.arange(N, dtype=np.int64)
     if cfg.get('ind'):
-        ip = _resolve(cfg['ind'], rundir)
+        ip = _resolve(cfg['ind'], rundir, 'ind')
         if not ip.exists(): raise DrgnaiInputError(f'{rundir}: the run used ind={cfg["ind"]!r}, which was not found')
         ind = load_ind(ip)
         if len(ind) != N: raise DrgnaiInputError(f'{ip}: {len(ind)} indices, but the run has {N} particles')

@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['PROG', 'COMMANDS', 'register', 'HelpFormatter', 'new_parser', 'available_cores', 'set_threads', 'build_parser',
-           'main', 'load_poses_any', 'load_ctf_any', 'add_simulate', 'run_simulate', 'add_parse', 'run_parse',
-           'add_downsample', 'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc',
+           'check_numbers', 'main', 'load_poses_any', 'load_ctf_any', 'add_simulate', 'run_simulate', 'add_parse',
+           'run_parse', 'add_downsample', 'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc',
            'add_pose_error', 'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs',
-           'add_train', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo', 'add_analyze', 'run_analyze',
-           'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter', 'run_filter']
+           'add_train', 'read_yaml_config', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo',
+           'add_analyze', 'run_analyze', 'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter',
+           'run_filter']
 
 # %% ../nbs/20_cli.ipynb #997e46e1
 import argparse
@@ -89,8 +90,34 @@ def build_parser()->argparse.ArgumentParser:
     p.add_argument('--threads', type=int, default=None, metavar='N',
                    help='CPU threads for torch (default: the available cores, at most 32)')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', title='commands', required=True)
-    for name, (add, run) in COMMANDS.items(): add(sub).set_defaults(_run=run)
+    for name, (add, run) in COMMANDS.items():
+        sp = add(sub); sp.set_defaults(_run=run, _parser=sp)
     return p
+
+# the smallest value a numeric option may take, by its destination in any command ((command, dest) first);
+# one table, so that every command refuses `-b -5` or `--pad 0` the same way before any work
+_AT_LEAST = {'batch_size': 1, 'pad': 1, 'n_images': 1, 'ksample': 1, 'n_per_pc': 1, 'n': 1, 'neighbors': 1, 'kmeans': 1,
+             'n_states': 1, 'threads': 1, 'zdim': 0, 'classes': 0, 'pc': 0, ('traverse', 'pc'): 1, 'snr': 0, 'shift_px': 0,
+             'astig': 0, 'cs': 0, 'junk_fraction': 0, 'junk_separation': 0, 'epoch': -1}
+_ABOVE = {'Apix': 0, 'kv': 0, 'reg': 0, 'inlier_frac': 0, 'junk_threshold': 0, 'defocus': 0}
+_AT_MOST = {'junk_fraction': 1, 'inlier_frac': 1, 'amp_contrast': 1, 'w': 1}
+_EVEN_BOX = ('D', 'downsample')  # box sizes, pixels: even and >= 2
+
+def check_numbers(p:argparse.ArgumentParser, # the parser that read `args` (the main one or a command's)
+                  args:argparse.Namespace, # what it parsed
+                 ):
+    "Refuse a numeric option outside its range (`_AT_LEAST`, `_ABOVE`, `_AT_MOST`, even boxes), naming the option."
+    for a in p._actions:
+        v = getattr(args, a.dest, None)
+        if not a.option_strings or v is None or isinstance(v, bool): continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if not isinstance(x, (int, float)): continue
+            lo = _AT_LEAST.get((args.command, a.dest), _AT_LEAST.get(a.dest))
+            why = (f'expected a value >= {lo}' if lo is not None and x < lo else
+                   f'expected a value > {_ABOVE[a.dest]}' if a.dest in _ABOVE and x <= _ABOVE[a.dest] else
+                   f'expected a value <= {_AT_MOST[a.dest]}' if a.dest in _AT_MOST and x > _AT_MOST[a.dest] else
+                   'a box size D must be even and >= 2 pixels' if a.dest in _EVEN_BOX and (x < 2 or x % 2) else None)
+            if why: raise _input_error(f'{p.prog}: argument {"/".join(a.option_strings)}: {why}, got {x:g}')
 
 _USER_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
@@ -100,16 +127,22 @@ def main(argv:list=None, # arguments (default: `sys.argv[1:]`)
     parser = build_parser()
     try: args = parser.parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    set_threads(args.threads)
     try:
+        check_numbers(parser, args); check_numbers(args._parser, args)  # before any work
+        set_threads(args.threads)
         args._run(args)
         return 0
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr); return 130
     except Exception as e:
         from drgnai_nb.io import DrgnaiInputError
+        from drgnai_nb.train import TrainingDiverged
         if isinstance(e, (DrgnaiInputError,) + _USER_ERRORS):
             print(f'{PROG}: error: {e}', file=sys.stderr); return 2
+        if isinstance(e, TrainingDiverged): print(f'{PROG}: error: training diverged: {e}', file=sys.stderr); return 1
+        if isinstance(e, OSError):  # disk full, quota, read-only folder, I/O error: the path and the system's words
+            print(f'{PROG}: error: {e.filename or ""}{": " if e.filename else ""}{e.strerror or e}', file=sys.stderr); return 1
+        if isinstance(e, MemoryError): print(f'{PROG}: error: out of memory ({e}); use smaller batches (-b, --set)', file=sys.stderr); return 1
         raise
 
 # %% ../nbs/20_cli.ipynb #00568173
@@ -380,6 +413,7 @@ def add_backproject(sub):
     return p
 
 def run_backproject(args):
+    import numpy as np
     from drgnai_nb import io, data, forward, metrics
     src = data.ImageSource(args.particles, args.datadir, indices=args.ind, Apix=args.Apix)
     N, sel, D = src.n_total, src.indices, src.D
@@ -387,16 +421,19 @@ def run_backproject(args):
     ctf = load_ctf_any(args.ctf, N, D, src.Apix) if args.ctf else None
     rot, trans = rot[sel], (None if trans is None else trans[sel])
     if ctf is not None: ctf = ctf[sel]
-    Apix = args.Apix or (float(ctf[0, 1] * ctf[0, 0] / D) if ctf is not None else src.Apix)
+    Apix = args.Apix or (data.ctf_image_apix(ctf, src, args.ctf)[0] if ctf is not None else src.Apix)
     if args.reg <= 0: raise _input_error(f'--reg must be > 0, got {args.reg}')
-    if len(src) == 0: raise _input_error(f'{args.ind}: the selection is empty')
+    if len(src) < 2: raise _input_error(f'{args.ind or args.particles}: {len(src)} image selected; a map and its two half maps need at least 2')
     outs = (Path(args.out),) + _half_paths(args.out)
     for o in outs: _not_input(o, args.particles, args.poses, args.ctf, *src.stacks)
     ds = data.ParticleDataset(src, invert=not args.uninvert_data, window=not args.no_window)
     vols = forward.backproject_dataset(ds, rot, trans, ctf, batch_size=args.batch_size, pad=args.pad, reg=args.reg,
                                        progress=not args.no_progress)
-    for o, k in zip(outs, ('full', 'half1', 'half2')): io.write_mrc(o, vols[k].numpy(), Apix=Apix)
     r = metrics.fsc(vols['half1'], vols['half2'], Apix=Apix)
+    if not all(bool(v.isfinite().all()) for v in vols.values() if hasattr(v, 'isfinite')) or not np.isfinite(r.fsc[1:]).any():
+        raise _input_error(f'{args.particles}: the half maps hold no signal (FSC undefined in every shell: blank images, '
+                           f'or a CTF of zeros); no map written')
+    for o, k in zip(outs, ('full', 'half1', 'half2')): io.write_mrc(o, vols[k].numpy(), Apix=Apix)
     print(f'backprojected {vols["count"]} images (D={D}, Apix={Apix:g} Å, CTF {"on" if ctf is not None else "off"}) -> {outs[0]}')
     print(f'  half maps -> {outs[1]}, {outs[2]}')
     for t in (0.5, 0.143):
@@ -603,6 +640,19 @@ def add_train(sub):
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1' (default: auto)")
     return p
 
+def read_yaml_config(path:str|Path)->dict: # config fields
+    "A YAML file of config fields (safe loader: no code runs), its syntax errors named by file and line."
+    import yaml
+    p = Path(path)
+    try: d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        m = getattr(e, 'problem_mark', None)
+        raise _input_error(f'{p}: not valid YAML' + (f' at line {m.line + 1}, column {m.column + 1}' if m else '')
+                           + f': {getattr(e, "problem", None) or e}') from None
+    except UnicodeDecodeError as e: raise _input_error(f'{p}: not a text file ({e})') from None
+    if not isinstance(d, dict): raise _input_error(f'{p}: expected a mapping of config fields, got a {type(d).__name__}')
+    return d
+
 def train_config_from_args(args, cuda:bool=None):
     "Build a `TrainConfig` from `train` arguments: preset < --config < options < --set. Returns (config, note)."
     import yaml, torch
@@ -613,8 +663,7 @@ def train_config_from_args(args, cuda:bool=None):
     if args.config:
         p = Path(args.config)
         if not p.exists(): raise FileNotFoundError(f'--config: {p} does not exist')
-        d = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(d, dict): raise _input_error(f'{p}: expected a mapping of config fields')
+        d = read_yaml_config(p)
     preset = args.preset or d.get('preset')
     if preset is None:
         preset = 'gpu' if cuda else 'cpu'
@@ -632,10 +681,15 @@ def train_config_from_args(args, cuda:bool=None):
 
 def run_train(args):
     from drgnai_nb.train import Trainer, TrainConfig
+    from drgnai_nb.io import resolve_run_path
     out = Path(args.outdir)
-    if args.load and not args.particles and (out / 'config.yaml').exists() and not args.config:
-        args.config = str(out / 'config.yaml')  # resuming: the run's own settings
+    if args.load and (out / 'config.yaml').exists() and not args.config:
+        args.config = str(out / 'config.yaml')  # resuming: the run's own settings, under any option given (then checked)
     cfg, note = train_config_from_args(args)
+    if args.config and Path(args.config).resolve() == (out / 'config.yaml').resolve():  # the run's own paths: from the run
+        own = read_yaml_config(args.config)
+        cfg = cfg.from_dict({**cfg.to_dict(), **{f: str(resolve_run_path(own[f], out, f)) for f in cfg.DATA_PATHS
+                                                 if own.get(f) and getattr(cfg, f) == own[f]}})
     from drgnai_nb.distributed import make_trainer  # a DistributedTrainer under torchrun (WORLD_SIZE > 1)
     tr = make_trainer(cfg, out, overwrite=args.overwrite, load=args.load, progress=not args.no_progress)
     if note: tr.log(note)
@@ -872,7 +926,7 @@ def run_filter(args):
     else:
         f = run.rundir / f'analyze.{run.epoch}' / 'junk.pkl'
         if args.junk_rule is None and f.exists():
-            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f))), f'non-junk particles ({f})'
+            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f, allow_empty=True))), f'non-junk particles ({f})'
         elif (args.junk_rule or 'fit') == 'fit':
             junk = A.junk_by_fit(A.fit_gain(run, progress=False))[0]
             what = 'non-junk particles (fit rule)'

@@ -6,8 +6,8 @@
 __all__ = ['MRC_READERS', 'DrgnaiInputError', 'atomic_write', 'MRCInfo', 'mrc_header', 'check_mrc_box', 'MRCStack', 'read_mrc',
            'write_mrc', 'StarFile', 'read_star', 'star_to_poses', 'star_to_ctf', 'read_cs', 'cs_to_poses', 'cs_to_ctf',
            'write_cs', 'read_txt_stacks', 'particle_location_arrays', 'particle_locations', 'read_particles',
-           'SafeUnpickler', 'load_pkl', 'save_pkl', 'check_poses', 'load_poses', 'save_poses', 'check_ctf', 'load_ctf',
-           'save_ctf', 'load_ind', 'save_ind', 'write_star']
+           'SafeUnpickler', 'load_pkl', 'save_pkl', 'load_checkpoint', 'resolve_run_path', 'check_poses', 'load_poses',
+           'save_poses', 'check_ctf', 'load_ctf', 'save_ctf', 'load_ind', 'save_ind', 'write_star']
 
 # %% ../nbs/04_io.ipynb #ae91b6b6
 import _compat_pickle
@@ -448,13 +448,20 @@ def write_cs(path:str|Path, # destination .cs
         with open(tmp, 'wb') as fh: np.save(fh, sub, allow_pickle=False)
     return atomic_write(path, _write)
 
-def _check_indices(indices, n, src):
+def _check_indices(indices, n, src, allow_empty:bool=True):
+    "1-D integer indices in [0, n), each at most once (a particle twice would sit in both half maps)."
     idx = np.asarray(indices)
     if idx.ndim != 1: raise DrgnaiInputError(f'{src}: indices must be 1-D, got shape {idx.shape}')
-    if idx.size == 0: return idx.astype(np.int64)
+    if idx.size == 0:
+        if not allow_empty: raise DrgnaiInputError(f'{src}: the selection is empty (0 indices); it must select at least one particle')
+        return idx.astype(np.int64)
     if not np.issubdtype(idx.dtype, np.integer): raise DrgnaiInputError(f'{src}: indices must be integers, got dtype {idx.dtype}')
     bad = (idx < 0) | (idx >= n) if n is not None else idx < 0
     if bad.any(): raise DrgnaiInputError(f'{src}: index {idx[bad][0]} is out of range for {n} particles (0-based)')
+    u, first, counts = np.unique(idx, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        v = u[np.argmax(counts > 1)]; rows = np.flatnonzero(idx == v)[:2]
+        raise DrgnaiInputError(f'{src}: duplicate index {v} (positions {rows[0]} and {rows[1]}); each particle may be selected once')
     return idx.astype(np.int64)
 
 # %% ../nbs/04_io.ipynb #62891882
@@ -477,6 +484,13 @@ def _resolve_stacks(raw, rows_first, dirs, src):
             raise DrgnaiInputError(f'{src}: row {row} (0-based) refers to the image stack {r!r}, which was not found '
                                    f'(looked for {", ".join(map(str, dict.fromkeys(tried)))}); pass datadir= the folder holding the stacks')
         out.append(str(hit))
+    seen = {}
+    for r, hit in zip(raw, out):  # 'jobA/particles.mrcs' and 'jobB/particles.mrcs' both found as ./particles.mrcs
+        key = os.path.realpath(hit)
+        if key in seen and os.path.normpath(seen[key]) != os.path.normpath(r):
+            raise DrgnaiInputError(f'{src}: the stacks {seen[key]!r} and {r!r} both resolve to {hit} (found by file name); '
+                                   f'they are different stacks: pass datadir= the folder that holds them as the star names them')
+        seen[key] = r
     return out
 
 def _group(raw_paths):
@@ -586,9 +600,23 @@ _SAFE_GLOBALS = {
     ('numpy', 'ndarray'), ('numpy', 'dtype'),
     ('numpy.core.multiarray', '_reconstruct'), ('numpy.core.multiarray', 'scalar'), ('numpy.core.numeric', '_frombuffer'),
     ('_codecs', 'encode'),
-    *(('builtins', n) for n in ('complex', 'set', 'frozenset', 'slice', 'range', 'bytearray', 'tuple', 'list', 'dict',
+    *(('builtins', n) for n in ('complex', 'set', 'frozenset', 'slice', 'tuple', 'list', 'dict',
                                 'int', 'float', 'bool', 'str', 'bytes')),
 }
+# `range` and `bytearray` are left out and `bytes` is guarded: `bytes(10**12)` or `bytearray(10**12)` is a pickle of a
+# few bytes that asks for a terabyte. Every size that remains is bounded by the file (the data must be in it).
+def _bytes_guard(*a):
+    if a and isinstance(a[0], int): raise pickle.UnpicklingError(f'bytes({a[0]}) would allocate memory the file does not hold')
+    return bytes(*a)
+
+def _reconstruct_guard(subtype, shape, dtype):
+    "numpy pickles an array as `_reconstruct(ndarray, (0,), ...)` and then its data: any other shape allocates from nothing."
+    if subtype is not np.ndarray or not (isinstance(shape, tuple) and all(isinstance(s, int) for s in shape) and 0 in shape):
+        raise pickle.UnpicklingError(f'numpy _reconstruct({getattr(subtype, "__name__", subtype)}, {shape!r}): numpy writes (ndarray, (0,)) and then the data')
+    mod = importlib.import_module('numpy._core.multiarray' if hasattr(np, '_core') else 'numpy.core.multiarray')
+    return mod._reconstruct(subtype, shape, dtype)
+
+_GUARDED = {('builtins', 'bytes'): _bytes_guard, ('numpy.core.multiarray', '_reconstruct'): _reconstruct_guard}
 
 class SafeUnpickler(pickle.Unpickler):
     "Unpickler that reconstructs only numpy arrays/dtypes/scalars and builtin containers and numbers."
@@ -598,6 +626,7 @@ class SafeUnpickler(pickle.Unpickler):
         key = (module.replace('numpy._core', 'numpy.core', 1), name)
         if key not in _SAFE_GLOBALS:
             raise pickle.UnpicklingError(f'forbidden global {module}.{name}: only numpy arrays and plain containers are allowed')
+        if key in _GUARDED: return _GUARDED[key]
         mods = [module.replace('numpy.core', 'numpy._core', 1), key[0]] if module.startswith('numpy') else [module]
         for m in dict.fromkeys(mods):
             try: return getattr(importlib.import_module(m), name)
@@ -611,7 +640,7 @@ def load_pkl(path:str|Path, # pickle file
     try:
         with open(p, 'rb') as fh: return SafeUnpickler(fh).load()
     except pickle.UnpicklingError as e: raise DrgnaiInputError(f'{p}: refusing to load this pickle: {e}') from e
-    except (EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, MemoryError) as e:
         raise DrgnaiInputError(f'{p}: not a readable pickle ({type(e).__name__}: {e})') from e
 
 def save_pkl(path:str|Path, # destination
@@ -621,6 +650,76 @@ def save_pkl(path:str|Path, # destination
     def _write(tmp):
         with open(tmp, 'wb') as fh: pickle.dump(obj, fh, protocol=4)
     return atomic_write(path, _write)
+
+# %% ../nbs/04_io.ipynb #7ffdf15a
+# the globals a torch.save of tensors, state dicts and plain containers holds; anything else is refused before loading
+_CKPT_GLOBALS = {'collections.OrderedDict', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter',
+                 '_codecs.encode', 'builtins.set', 'torch.Size',
+                 *(f'torch.{t}Storage' for t in ('Float', 'Double', 'Half', 'BFloat16', 'Long', 'Int', 'Short', 'Char', 'Byte', 'Bool'))}
+
+_STRING_OPS = {'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8'}
+
+def _pickle_globals(data:bytes)->list:
+    "Every global a pickle refers to, as 'module.name', found by running its opcodes on a stack of strings and Nones."
+    import pickletools as pt
+    MARK, stack, memo, out = object(), [], {}, []
+    for op, arg, _ in pt.genops(data):
+        n, before = op.name, op.stack_before
+        if n in ('GLOBAL', 'INST'): out.append(arg.replace(' ', '.', 1))
+        if n == 'STACK_GLOBAL':
+            mod, name = (stack[-2:] if len(stack) >= 2 else [None, None])
+            out.append(f'{mod}.{name}' if isinstance(mod, str) and isinstance(name, str) else '<a global named by computed values>')
+        if n in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
+            memo[arg if n != 'MEMOIZE' else len(memo)] = stack[-1] if stack else None; continue
+        if pt.stackslice in before:  # pops down to the mark, then what lies below it
+            while stack and stack[-1] is not MARK: stack.pop()
+            if stack: stack.pop()
+            del stack[max(0, len(stack) - (len(before) - 2)):]
+        else: del stack[max(0, len(stack) - len(before)):]
+        if n == 'MARK': stack.append(MARK)
+        elif n in ('GET', 'BINGET', 'LONG_BINGET'): stack.append(memo.get(arg))
+        elif n == 'DUP': stack.append(stack[-1] if stack else None)
+        else: stack.extend([arg if n in _STRING_OPS else None] * len(op.stack_after))
+    return out
+
+def load_checkpoint(path:str|Path, # a checkpoint `weights.E.pt` written by `torch.save`
+                    map_location='cpu', # where its tensors go (`torch.load`'s `map_location`)
+                   )->dict:
+    "Load a checkpoint without running code: torch's zip format only, every global allow-listed, then `weights_only=True`."
+    import zipfile
+    p = _need_file(path, 'checkpoint')
+    def refuse(why): return DrgnaiInputError(f'{p}: refusing to load this checkpoint: {why}')
+    if not zipfile.is_zipfile(p): raise refuse("not torch's zip checkpoint format (legacy, truncated or not a checkpoint)")
+    try:
+        with zipfile.ZipFile(p) as z:
+            infos = z.infolist()
+            if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or sum(i.file_size for i in infos) > p.stat().st_size:
+                raise refuse('compressed records (torch stores them uncompressed; a compressed record can expand without bound)')
+            pkls = [i.filename for i in infos if i.filename.endswith('/data.pkl') or i.filename == 'data.pkl']
+            if len(pkls) != 1: raise refuse(f'expected one data.pkl record, found {len(pkls)}')
+            names = _pickle_globals(z.read(pkls[0]))
+    except DrgnaiInputError: raise
+    except Exception as e: raise refuse(f'unreadable ({type(e).__name__}: {e})') from e
+    bad = sorted({str(n) for n in names if n not in _CKPT_GLOBALS})
+    if bad: raise refuse(f'it refers to {", ".join(bad)}; a checkpoint holds only tensors and plain containers')
+    try: return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e: raise refuse(f'{type(e).__name__}: {e}') from e
+
+# %% ../nbs/04_io.ipynb #d792d726
+def resolve_run_path(value:str|None, # a data path from a run's config (`particles`, `ctf`, `ind`, ...)
+                     rundir:str|Path, # the run directory
+                     field:str='path', # its config field, for messages
+                    )->Path|None:
+    "A run's data path: absolute as runs store them; an old run's relative path tried from the current folder, the run and its parent, refused if they disagree."
+    if value in (None, ''): return None
+    p, rundir = Path(value), Path(rundir)
+    if p.is_absolute(): return p
+    cands = [c for c in (Path.cwd() / p, rundir / p, rundir.parent / p) if c.exists()]
+    real = list(dict.fromkeys(os.path.realpath(c) for c in cands))
+    if len(real) > 1:
+        raise DrgnaiInputError(f'{rundir / "config.yaml"}: {field} {value!r} is a relative path that names different files: '
+                               f'{" and ".join(real)}; write the intended absolute path into config.yaml')
+    return cands[0] if cands else p
 
 # %% ../nbs/04_io.ipynb #1cf3f146
 def _check_count(n, N, src, what):
@@ -647,9 +746,13 @@ def check_poses(rot, # (N, 3, 3) rotations
     if trans.shape != (len(rot), 2): raise DrgnaiInputError(f'{src}: translations have shape {trans.shape}; expected ({len(rot)}, 2)')
     _check_finite_rows(trans, src, 'translations')
     big = np.abs(trans).max() if trans.size else 0
-    if big > 1:
-        hint = f' (divide by the box D = {D})' if D else ' (divide by the box size D)'
-        raise DrgnaiInputError(f'{src}: translations look like pixels (max |t| = {big:.3g}); pose files store fractions of the box{hint}')
+    hint = f' (divide by the box D = {D})' if D else ' (divide by the box size D)'
+    if big > 0.5:  # a shift of over half the box moves the particle out of its image: these are pixels
+        raise DrgnaiInputError(f'{src}: translations look like pixels (max |t| = {big:.3g}; a fraction of the box above 0.5 '
+                               f'moves the particle out of its image); pose files store fractions of the box{hint}')
+    if big > 0.25:
+        warnings.warn(f'{src}: translations reach {big:.3g} of the box (row {int(np.argmax(np.abs(trans).max(1)))}); real shifts rarely '
+                      f'pass a quarter of the box: if these are pixels, convert them{hint}', UserWarning, stacklevel=2)
     return rot, trans.astype(np.float32)
 
 def load_poses(path:str|Path, # pose pickle: (rot, trans) or bare rot
@@ -673,14 +776,23 @@ def check_ctf(ctf, # (N, 9) CTF parameters
               N:int|None=None, # expected number of particles
               src:str='ctf', # name for messages
              )->np.ndarray: # (N, 9) float32
-    "Validate CTF parameters: 2-D with 9 columns, finite, positive box, pixel size and voltage."
+    "Validate CTF parameters against physics: 9 finite columns, one box, positive pixel size, defocus and voltage, Cs >= 0, w in [0, 1]."
     a = np.asarray(ctf)
     if a.ndim != 2 or a.shape[1] != 9:
         raise DrgnaiInputError(f'{src}: CTF parameters have shape {a.shape}; expected (N, 9): D, Apix, dfU, dfV, dfang, kV, Cs, w, phase shift')
+    if not np.issubdtype(a.dtype, np.number): raise DrgnaiInputError(f'{src}: CTF parameters have dtype {a.dtype}; expected numbers')
     _check_finite_rows(a, src, 'CTF parameters')
-    for j, name in ((0, 'D (column 0)'), (1, 'Apix (column 1)'), (5, 'voltage (column 5)')):
-        bad = a[:, j] <= 0
-        if bad.any(): raise DrgnaiInputError(f'{src}: {name} of row {int(np.argmax(bad))} is {a[bad, j][0]}; expected > 0')
+    # a negative defocus inverts the CTF's sign and with it the map; w outside [0, 1] or Cs < 0 is no microscope
+    for j, name, bad, exp in ((0, 'D (column 0)', a[:, 0] <= 0, '> 0 pixels'), (1, 'Apix (column 1)', a[:, 1] <= 0, '> 0 Å'),
+                              (2, 'dfU (column 2)', a[:, 2] <= 0, '> 0 Å (underfocus is positive)'),
+                              (3, 'dfV (column 3)', a[:, 3] <= 0, '> 0 Å (underfocus is positive)'),
+                              (5, 'voltage (column 5)', a[:, 5] <= 0, '> 0 kV'), (6, 'Cs (column 6)', a[:, 6] < 0, '>= 0 mm'),
+                              (7, 'amplitude contrast w (column 7)', (a[:, 7] < 0) | (a[:, 7] > 1), 'in [0, 1]')):
+        if bad.any(): raise DrgnaiInputError(f'{src}: {name} of row {int(np.argmax(bad))} is {a[bad, j][0]:g}; expected {exp}')
+    other = a[:, 0] != a[0, 0]
+    if other.any():
+        r = int(np.argmax(other))
+        raise DrgnaiInputError(f'{src}: D (column 0) is {a[0, 0]:g} in row 0 but {a[r, 0]:g} in row {r}; one CTF file describes images of one box')
     _check_count(len(a), N, src, 'CTF parameters')
     return a.astype(np.float32)
 
@@ -694,10 +806,11 @@ def save_ctf(path:str|Path, ctf)->Path:
 
 def load_ind(path:str|Path, # pickle of a 1-D integer array
              N:int|None=None, # number of particles the indices refer to
+             allow_empty:bool=False, # accept an empty list (a list of flags, e.g. no junk found; a selection never)
             )->np.ndarray: # (n,) int64
-    "Load a particle-index pickle (0-based), checking it is 1-D, integer and within `N`."
+    "Load a particle-index pickle (0-based), checking it is 1-D, integer, within `N`, without duplicates and not empty."
     obj = load_pkl(path)
-    return _check_indices(np.asarray(obj), N, str(path))
+    return _check_indices(np.asarray(obj), N, str(path), allow_empty)
 
 def save_ind(path:str|Path, ind)->Path:
     "Save 0-based particle indices as a 1-D int64 array."

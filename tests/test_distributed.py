@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from drgnai_nb.io import load_poses, load_pkl, read_mrc
+from drgnai_nb.io import load_checkpoint, load_poses, load_pkl, read_mrc
 from drgnai_nb.simulate import SimConfig, simulate_to_dir
 from drgnai_nb.train import TrainConfig, Trainer, latest_epoch
 from drgnai_nb.distributed import amp_dtype, autocast_for, cache_from_model, make_trainer
@@ -78,7 +78,7 @@ def test_two_processes_match_one(data, tmp_path):
     m1, m2 = read_mrc(tmp_path / 'one/reconstruct.3.mrc')[0], read_mrc(two / 'reconstruct.3.mrc')[0]
     c12, c_init = _corr(m1, m2), _corr(init_map, m1)
     assert c12 > 0.95 and c12 > c_init + 0.1, (c12, c_init)
-    st = torch.load(two / 'weights.3.pt', weights_only=False)
+    st = load_checkpoint(two / 'weights.3.pt')
     l1, l2 = one.history[-1]['loss'], st['history'][-1]['loss']
     assert abs(l2 - l1) / l1 < 0.05, (l1, l2)
 
@@ -96,7 +96,7 @@ def test_tables_sync_and_resume_on_one_process(data, tmp_path):
     z = load_pkl(out / 'z.1.pkl')
     moved = np.abs(z - z0).max(1) > 1e-6
     assert moved[0::2].all() and moved[1::2].all()  # rows of rank 0 and of rank 1 were both trained and gathered
-    st = torch.load(out / 'weights.1.pt', weights_only=False)
+    st = load_checkpoint(out / 'weights.1.pt')
     s2 = st['pose_table']['s2s2.weight'].numpy(); s20 = init.poses.s2s2.weight.detach().numpy()
     assert (np.abs(s2 - s20).max(1)[1::2] > 1e-6).mean() > 0.9  # rank 1's pose rows reached rank 0's checkpoint
     exp_avg = st['conf_optimizer']['state'][0]['exp_avg'].numpy()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from drgnai_nb.io import load_poses, read_mrc, DrgnaiInputError
+from drgnai_nb.io import load_checkpoint, load_poses, read_mrc, DrgnaiInputError
 from drgnai_nb.simulate import SimConfig, simulate_to_dir
 from drgnai_nb.so3 import geodesic_distance
 from drgnai_nb.train import TrainConfig, Trainer, train, latest_epoch
@@ -72,7 +72,7 @@ def test_fp16_loss_scaling_checkpoint_and_resume(data, tmp_path):
     cfg = _cfg(data, mode='refine', epochs_sgd=1, refine_every=0, amp='fp16')
     tr = train(cfg, tmp_path / 'run', progress=False)
     assert tr.scaler.enabled and np.isfinite(tr.history[-1]['loss'])
-    st = torch.load(tmp_path / 'run/weights.0.pt', weights_only=False)
+    st = load_checkpoint(tmp_path / 'run/weights.0.pt')
     assert st['amp_scaler']['scale'] > 0 and st['config']['amp'] == 'fp16'
     more = Trainer(TrainConfig.from_dict({**cfg.to_dict(), 'epochs_sgd': 2}), tmp_path / 'run', load='latest', progress=False)
     assert more.scaler.state_dict() == st['amp_scaler']

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from drgnai_nb.io import load_poses, load_pkl, read_mrc
+from drgnai_nb.io import load_checkpoint, load_poses, load_pkl, read_mrc
 from drgnai_nb.simulate import SimConfig, simulate_to_dir
 from drgnai_nb.train import TrainConfig, Trainer, TrainingDiverged, train, latest_epoch
 from drgnai_nb.cli import main
@@ -32,7 +32,7 @@ def _check_run(out, N, zdim, epoch):
     vol, info = read_mrc(out / f'reconstruct.{epoch}.mrc')
     assert vol.shape == (24, 24, 24) and abs(info.Apix - 3.0) < 1e-5 and np.isfinite(vol).all()
     if zdim: assert load_pkl(out / f'z.{epoch}.pkl').shape == (N, zdim)
-    st = torch.load(out / f'weights.{epoch}.pt', weights_only=False)
+    st = load_checkpoint(out / f'weights.{epoch}.pt')
     assert st['epoch'] == epoch and 'model_state_dict' in st
     assert (out / 'config.yaml').exists() and (out / 'run.log').exists() and (out / 'learning_curve.csv').exists()
     assert not list(out.glob('*.tmp*')), 'temporary files left behind'
@@ -227,11 +227,26 @@ def test_sigkill_and_resume(tiny, tmp_path):
     p.send_signal(signal.SIGKILL); p.wait()
     e = latest_epoch(out)
     assert e is not None and e < 40
-    torch.load(out / f'weights.{e}.pt', weights_only=False)  # the newest checkpoint on disk is complete
+    load_checkpoint(out / f'weights.{e}.pt')  # the newest checkpoint on disk is complete
     assert main(['train', str(out), '--load', 'latest', '--no-progress']) == 0
     _check_run(out, 64, 0, 40)
     log = (out / 'run.log').read_text()
     assert 'resumed from' in log and 'done' in log
+    # the same run uninterrupted: a resumed run is bit-identical to it (poses, and the map's voxels)
+    ref = tmp_path / 'ref'
+    assert main(['train', str(ref)] + args[2:]) == 0
+    assert (out / 'pose.40.pkl').read_bytes() == (ref / 'pose.40.pkl').read_bytes()
+    assert np.array_equal(read_mrc(out / 'reconstruct.40.mrc')[0], read_mrc(ref / 'reconstruct.40.mrc')[0])
+
+
+def test_config_built_directly_trains(tiny, tmp_path):
+    "`TrainConfig(...)` (no preset) has the field `preset` = 'gpu' and writes its run directory (the classmethod of that name once became the field's value)."
+    cfg = TrainConfig(particles=str(tiny / 'particles.mrcs'), ctf=str(tiny / 'ctf.pkl'), **TINY)
+    assert cfg.preset == 'gpu'
+    tr = train(cfg, tmp_path / 'run', progress=False)
+    _check_run(tmp_path / 'run', 64, 0, tr.epoch)
+    import yaml
+    assert yaml.safe_load((tmp_path / 'run/config.yaml').read_text())['preset'] == 'gpu'
 
 
 def test_cli_config_precedence(tiny, tmp_path):
