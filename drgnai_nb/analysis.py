@@ -161,7 +161,7 @@ def load_run(rundir:str|Path, # run directory of `drgnai-nb train`
     if cfg.get('ind'):
         ip = _resolve(cfg['ind'], rundir, 'ind')
         if not ip.exists(): raise DrgnaiInputError(f'{rundir}: the run used ind={cfg["ind"]!r}, which was not found')
-        ind = load_ind(ip)
+        ind = load_ind(ip, allow_empty=False)
         if len(ind) != N: raise DrgnaiInputError(f'{ip}: {len(ind)} indices, but the run has {N} particles')
     norm = tuple(float(x) for x in st.get('norm', (0.0, 1.0)))
     Apix = float(st.get('Apix') or cfg.get('Apix') or 1.0)

@@ -520,7 +520,7 @@ def run_pose_error(args):
     rp, tp = load_poses_any(args.pred, D=D)
     rt, tt = load_poses_any(args.gt, D=D)
     if args.ind:
-        ind = io.load_ind(args.ind)
+        ind = io.load_ind(args.ind, allow_empty=False)
         def _sel(r, t):
             if len(r) == len(ind): return r, t
             io._check_indices(ind, len(r), args.ind)
@@ -572,7 +572,7 @@ def run_write_star(args):
     if _ext(args.out) != '.star': raise _input_error(f'{args.out}: the output must end in .star')
     stacks, sid, idx = io.particle_location_arrays(args.particles, args.datadir)
     N, Dimg = len(sid), io.mrc_header(stacks[0]).D
-    sel = io.load_ind(args.ind, N) if args.ind else np.arange(N)
+    sel = io.load_ind(args.ind, N, allow_empty=False) if args.ind else np.arange(N)
     ctf = load_ctf_any(args.ctf, N, Dimg, args.Apix)[sel].astype(np.float64)
     rot = trans = None
     if args.poses:
@@ -601,7 +601,7 @@ def add_filter_cs(sub):
 def run_filter_cs(args):
     from drgnai_nb import io
     a = io.read_cs(args.cs)
-    ind = io.load_ind(args.ind, len(a))
+    ind = io.load_ind(args.ind, len(a), allow_empty=False)
     _not_input(args.out, args.cs, args.ind)
     io.write_cs(args.out, a, ind)
     print(f'kept {len(ind)} of {len(a)} rows of {args.cs} -> {args.out}')
@@ -913,7 +913,7 @@ def run_filter(args):
     from drgnai_nb.io import load_ind, load_pkl, save_ind
     run = A.load_run(args.rundir, args.epoch)
     if args.ind:
-        sel, what = A.from_original(run, load_ind(args.ind)), f'{args.ind}'
+        sel, what = A.from_original(run, load_ind(args.ind, allow_empty=False)), f'{args.ind}'
     elif args.clusters:
         try: cs = [int(c) for c in args.clusters.split(',') if c.strip()]
         except ValueError: raise _input_error(f'--clusters {args.clusters!r}: expected comma-separated integers, e.g. 0,2,5')
@@ -926,7 +926,7 @@ def run_filter(args):
     else:
         f = run.rundir / f'analyze.{run.epoch}' / 'junk.pkl'
         if args.junk_rule is None and f.exists():
-            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f, allow_empty=True))), f'non-junk particles ({f})'
+            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f))), f'non-junk particles ({f})'
         elif (args.junk_rule or 'fit') == 'fit':
             junk = A.junk_by_fit(A.fit_gain(run, progress=False))[0]
             what = 'non-junk particles (fit rule)'

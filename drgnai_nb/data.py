@@ -33,7 +33,7 @@ class ImageSource:
         self.stacks, sid, idx = particle_location_arrays(path, datadir)
         self.n_total = len(sid)
         if indices is not None:
-            ind = (load_ind(indices, self.n_total) if isinstance(indices, (str, Path))
+            ind = (load_ind(indices, self.n_total, allow_empty=False) if isinstance(indices, (str, Path))
                    else _check_indices(np.asarray(indices).reshape(-1), self.n_total, f'{path}: selected indices', allow_empty=False))
             sid, idx = sid[ind], idx[ind]
             self.indices = ind

@@ -806,9 +806,9 @@ def save_ctf(path:str|Path, ctf)->Path:
 
 def load_ind(path:str|Path, # pickle of a 1-D integer array
              N:int|None=None, # number of particles the indices refer to
-             allow_empty:bool=False, # accept an empty list (a list of flags, e.g. no junk found; a selection never)
+             allow_empty:bool=True, # accept an empty list (a list of flags: no junk found); False where it selects particles
             )->np.ndarray: # (n,) int64
-    "Load a particle-index pickle (0-based), checking it is 1-D, integer, within `N`, without duplicates and not empty."
+    "Load a particle-index pickle (0-based), checking it is 1-D, integer, within `N` and without duplicates."
     obj = load_pkl(path)
     return _check_indices(np.asarray(obj), N, str(path), allow_empty)
 
