@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from .io import (DrgnaiInputError, atomic_write, write_mrc, read_mrc, save_pkl, load_pkl, save_ind, load_ind,
                           load_poses, load_ctf, write_star, write_cs, read_cs, particle_location_arrays,
-                          load_checkpoint, resolve_run_path)
+                          load_checkpoint, resolve_run_path, as_array)
 from .models import VolumeConfig, make_volume, eval_volume
 
 # %% ../nbs/13_analysis.ipynb #60a543c3
@@ -163,6 +163,7 @@ def load_run(rundir:str|Path, # run directory of `drgnai-nb train`
         if not ip.exists(): raise DrgnaiInputError(f'{rundir}: the run used ind={cfg["ind"]!r}, which was not found')
         ind = load_ind(ip, allow_empty=False)
         if len(ind) != N: raise DrgnaiInputError(f'{ip}: {len(ind)} indices, but the run has {N} particles')
+    for f in ('particles', 'datadir', 'ctf', 'poses'): _resolve(cfg.get(f), rundir, f)  # an ambiguous old path: refused before any output
     norm = tuple(float(x) for x in st.get('norm', (0.0, 1.0)))
     Apix = float(st.get('Apix') or cfg.get('Apix') or 1.0)
     return Run(rundir, e, cfg, model, int(st['D']), Apix, norm, rot, trans, z, ind, list(st.get('history', [])))
@@ -342,7 +343,7 @@ def read_z(spec, # z values: a .txt (one z per row), a .pkl array, or a sequence
         except ValueError as e: raise DrgnaiInputError(f'{p}: not a table of numbers ({e})') from e
         src = str(p)
     else: a, src = spec, '-z'
-    a = np.asarray(a, np.float32)
+    a = as_array(a, src, 'z values').astype(np.float32)
     if a.size == 0 or a.size % zdim: raise DrgnaiInputError(f'{src}: {a.size} values; expected a multiple of zdim = {zdim} (one row per conformation)')
     a = a.reshape(-1, zdim)
     if not np.isfinite(a).all(): raise DrgnaiInputError(f'{src}: z values must be finite')

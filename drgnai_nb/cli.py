@@ -112,6 +112,7 @@ def check_numbers(p:argparse.ArgumentParser, # the parser that read `args` (the 
         if not a.option_strings or v is None or isinstance(v, bool): continue
         for x in (v if isinstance(v, (list, tuple)) else [v]):
             if not isinstance(x, (int, float)): continue
+            if not math.isfinite(x): raise _input_error(f'{p.prog}: argument {"/".join(a.option_strings)}: expected a finite number, got {x}')
             lo = _AT_LEAST.get((args.command, a.dest), _AT_LEAST.get(a.dest))
             why = (f'expected a value >= {lo}' if lo is not None and x < lo else
                    f'expected a value > {_ABOVE[a.dest]}' if a.dest in _ABOVE and x <= _ABOVE[a.dest] else
@@ -433,7 +434,8 @@ def run_backproject(args):
     if not all(bool(v.isfinite().all()) for v in vols.values() if hasattr(v, 'isfinite')) or not np.isfinite(r.fsc[1:]).any():
         raise _input_error(f'{args.particles}: the half maps hold no signal (FSC undefined in every shell: blank images, '
                            f'or a CTF of zeros); no map written')
-    for o, k in zip(outs, ('full', 'half1', 'half2')): io.write_mrc(o, vols[k].numpy(), Apix=Apix)
+    with io.all_or_nothing():  # the map lands with its half maps, or none of them does
+        for o, k in zip(outs, ('full', 'half1', 'half2')): io.write_mrc(o, vols[k].numpy(), Apix=Apix)
     print(f'backprojected {vols["count"]} images (D={D}, Apix={Apix:g} Å, CTF {"on" if ctf is not None else "off"}) -> {outs[0]}')
     print(f'  half maps -> {outs[1]}, {outs[2]}')
     for t in (0.5, 0.143):
@@ -568,12 +570,13 @@ def add_write_star(sub):
 
 def run_write_star(args):
     import numpy as np
-    from drgnai_nb import io
+    from drgnai_nb import io, data
     if _ext(args.out) != '.star': raise _input_error(f'{args.out}: the output must end in .star')
     stacks, sid, idx = io.particle_location_arrays(args.particles, args.datadir)
     N, Dimg = len(sid), io.mrc_header(stacks[0]).D
     sel = io.load_ind(args.ind, N, allow_empty=False) if args.ind else np.arange(N)
     ctf = load_ctf_any(args.ctf, N, Dimg, args.Apix)[sel].astype(np.float64)
+    if args.Apix is None: data.ctf_image_apix(ctf, data.ImageSource(args.particles, args.datadir), args.ctf)  # the CTF must describe these images
     rot = trans = None
     if args.poses:
         rot, trans = load_poses_any(args.poses, N, Dimg, args.Apix)
@@ -640,8 +643,10 @@ def add_train(sub):
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1' (default: auto)")
     return p
 
-def read_yaml_config(path:str|Path)->dict: # config fields
-    "A YAML file of config fields (safe loader: no code runs), its syntax errors named by file and line."
+def read_yaml_config(path:str|Path, # a YAML file of `TrainConfig` fields
+                     known:set|None=None, # the valid field names (None: any)
+                    )->dict: # config fields
+    "A YAML file of config fields (safe loader: no code runs), its syntax errors named by file and line, unknown fields by name."
     import yaml
     p = Path(path)
     try: d = yaml.safe_load(p.read_text()) or {}
@@ -651,11 +656,14 @@ def read_yaml_config(path:str|Path)->dict: # config fields
                            + f': {getattr(e, "problem", None) or e}') from None
     except UnicodeDecodeError as e: raise _input_error(f'{p}: not a text file ({e})') from None
     if not isinstance(d, dict): raise _input_error(f'{p}: expected a mapping of config fields, got a {type(d).__name__}')
+    bad = sorted(str(k) for k in d if known is not None and k not in known)
+    if bad: raise _input_error(f'{p}: unknown config field(s) {bad}; valid fields: {sorted(known)}')
     return d
 
 def train_config_from_args(args, cuda:bool=None):
     "Build a `TrainConfig` from `train` arguments: preset < --config < options < --set. Returns (config, note)."
     import yaml, torch
+    from dataclasses import fields
     from drgnai_nb.train import TrainConfig, parse_set
     cuda = torch.cuda.is_available() if cuda is None else cuda
     note = ''
@@ -663,7 +671,7 @@ def train_config_from_args(args, cuda:bool=None):
     if args.config:
         p = Path(args.config)
         if not p.exists(): raise FileNotFoundError(f'--config: {p} does not exist')
-        d = read_yaml_config(p)
+        d = read_yaml_config(p, {f.name for f in fields(TrainConfig)})
     preset = args.preset or d.get('preset')
     if preset is None:
         preset = 'gpu' if cuda else 'cpu'
@@ -682,7 +690,11 @@ def train_config_from_args(args, cuda:bool=None):
 def run_train(args):
     from drgnai_nb.train import Trainer, TrainConfig
     from drgnai_nb.io import resolve_run_path
+    from drgnai_nb.train import latest_epoch, settle_replacement
     out = Path(args.outdir)
+    if args.load: settle_replacement(out)  # a replacement killed before its first checkpoint: the old run comes back first
+    if args.load == 'latest' and latest_epoch(out) is None:
+        raise FileNotFoundError(f'--load latest: no checkpoint weights.E.pt in {out}' + ('' if out.is_dir() else ' (no such folder)'))
     if args.load and (out / 'config.yaml').exists() and not args.config:
         args.config = str(out / 'config.yaml')  # resuming: the run's own settings, under any option given (then checked)
     cfg, note = train_config_from_args(args)

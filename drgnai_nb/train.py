@@ -214,8 +214,15 @@ class TrainConfig:
         if 0 < self.decode_max_elems < 2**16 or self.decode_max_elems < 0 or self.search_max_elems < 2**10:
             bad('decode_max_elems', 'decode_max_elems 0 (automatic) or >= 65536, and search_max_elems >= 1024')
         if self.shuffle_buffer < 1: bad('shuffle_buffer', 'an integer >= 1')
-        for f, lo in (('research_base_order', 0), ('research_n_kept', 1), ('research_l_start', 1)):
+        for f, lo in (('research_base_order', 0), ('research_n_kept', 1), ('research_l_start', 1), ('checkpoint_every', 1),
+                      ('num_threads', 0), ('hps_search_batch', 1), ('refine_every', 0), ('refine_levels', 0), ('l_start_fm', 1),
+                      ('n_frequencies_per_epoch', 0)):
             if getattr(self, f) < lo: bad(f, f'an integer >= {lo}')
+        for f in ('feat_sigma', 'refine_delta_deg', 'refine_shift_px'):
+            if not getattr(self, f) > 0: bad(f, 'a number > 0')
+        for f in ('wd', 'std_z_init'):
+            if not getattr(self, f) >= 0: bad(f, 'a number >= 0')
+        if self.Apix is not None and not self.Apix > 0: bad('Apix', 'a pixel size > 0 Å (or none: from the data)')
         self.hps  # validates the search settings
 
     @property
