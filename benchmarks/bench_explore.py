@@ -110,8 +110,8 @@ def main(argv=None):
         page.wait_for_function(f'''() => {{ const e = document.querySelector('.drgnai-explorer [data-points]');
                                             return e && e.dataset.points === '{a.n}'; }}''', polling='raf', timeout=120_000)
         res['cell_to_interactive_s'] = time.time() - t
-        print(f'explorer cell -> interactive plot ({a.n} points): {res["cell_to_interactive_s"]:.2f} s '
-              f'(plotly.react {page.evaluate("document.querySelector(\'.drgnai-explorer [data-points]\').dataset.drawMs")} ms)')
+        draw_ms = page.evaluate("document.querySelector('.drgnai-explorer [data-points]').dataset.drawMs")
+        print(f'explorer cell -> interactive plot ({a.n} points): {res["cell_to_interactive_s"]:.2f} s (plotly.react {draw_ms} ms)')
         kc = lab.kernel_client()
         gd = page.locator('.drgnai-explorer .js-plotly-plot').first
         gd.scroll_into_view_if_needed(); time.sleep(1)

@@ -5,8 +5,9 @@ checks what Python holds (a second client on the notebook's kernel) against what
 mouse enclosed, and the files saved against both; the browser console must stay free of errors. Screenshots of the
 explorer and the volume viewer go to `explore_check/` (git-ignored).
 
-The probes read the plot generically (the highlighted points are the overlay trace named 'selected' when there is
-one, else the points plotly.js itself draws as selected), so the same test runs against an older explorer: see the
+The probes read what the plot painted (the explorer's scatter exposes the pixel positions and the selection it
+painted; for a plain plotly scatter, as in older versions, the points plotly.js draws as selected), so the same test
+runs against an older explorer: see the
 module notes of `14_explore` for how it failed there. Skips when chromium is missing (fails in CI)."""
 import json, re, time
 from pathlib import Path
@@ -26,13 +27,21 @@ pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
 FIND = '''() => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data[0] && g.data[0].type === %r)'''
 
 SCATTER = '''() => {
-  const gd = (%s)()[0];
-  if (!gd || !gd._fullLayout || !gd.calcdata) return null;
+  const gd = document.querySelector('.drgnai-scatter') || (%s)()[0];
+  if (!gd || !gd._fullLayout) return null;
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
-  const t0 = gd.data[0];
+  const box = [r.left + xa._offset, r.top + ya._offset, xa._length, ya._length], xtitle = (xa.title || {}).text;
+  const api = gd.__drgnai;
+  if (api) {  // the explorer's own scatter: the points it painted, and the selection it painted
+    if (!api.px || !api.sel) return null;
+    const idx = Array.from(api.idx);
+    return {idx, x: Array.from(api.px).map(u => box[0] + u), y: Array.from(api.py).map(v => box[1] + v),
+            hl: Array.from(api.sel).map(k => idx[k]), xtitle, n: idx.length, box};
+  }
+  const t0 = gd.data[0];  // a plotly scatter trace: its points, and the overlay trace 'selected' or plotly's own selection
   const idx = Array.from(t0.customdata || []).map(Number);
-  const x = Array.from(t0.x).map(v => r.left + xa._offset + xa.l2p(v));
-  const y = Array.from(t0.y).map(v => r.top + ya._offset + ya.l2p(v));
+  const x = Array.from(t0.x).map(v => box[0] + xa.l2p(v));
+  const y = Array.from(t0.y).map(v => box[1] + ya.l2p(v));
   const ov = gd.data.findIndex(t => t.name === 'selected');
   let hl;
   if (ov >= 0) hl = Array.from(gd.data[ov].customdata || []).map(Number);
@@ -40,8 +49,7 @@ SCATTER = '''() => {
     const sp = (gd._fullData[0] || {}).selectedpoints || t0.selectedpoints;
     hl = Array.isArray(sp) || ArrayBuffer.isView(sp) ? Array.from(sp).map(i => idx[i]) : [];
   }
-  return {idx, x, y, hl, xtitle: (xa.title || {}).text, n: idx.length,
-          box: [r.left + xa._offset, r.top + ya._offset, xa._length, ya._length]};
+  return {idx, x, y, hl, xtitle, n: idx.length, box};
 }''' % (FIND % 'scattergl')
 
 ISO = '''() => {
