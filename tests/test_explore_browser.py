@@ -98,12 +98,12 @@ class Lab:
 
     def scatter(self): return self.page.evaluate(SCATTER)
 
-    def settle(self, n_before=None, timeout=20):
-        "Wait until the kernel has handled the last event and the plot shows Python's selection; return (python, shown)."
+    def settle(self, n_before=None, timeout=20, want=None):
+        "Wait until Python's selection changed from `n_before` (or became `want`) and the plot shows it; return (python, shown)."
         t = time.time()
         while True:
             py, sc = self.selected(), self.scatter()
-            if sc and sorted(sc['hl']) == py and (n_before is None or py != n_before): return py, sc['hl']
+            if sc and sorted(sc['hl']) == py and (n_before is None or py != n_before) and (want is None or py == want): return py, sc['hl']
             if time.time() - t > timeout: return py, (sc or {}).get('hl')
             time.sleep(0.25)
 
@@ -186,7 +186,9 @@ def test_lasso_started_on_a_point(lab):
     start = (sc['x'][i], sc['y'][i])
     lab.page.mouse.move(*start); time.sleep(0.4)  # hover on the point first, as a user does
     poly = _lasso_around(sc, start)
-    lab.drag(poly)
+    lab.drag(poly)  # released on the point it started on: hover again, then off it at once (unhover), as a hand does
+    j = int(np.argsort((np.asarray(sc['x']) - start[0]) ** 2 + (np.asarray(sc['y']) - start[1]) ** 2)[1])
+    lab.page.mouse.move(sc['x'][j], sc['y'][j]); lab.page.mouse.move(start[0] - 30, start[1] - 30)
     exp, amb = inside(sc, poly)
     assert len(exp) >= 5, f'the test lasso encloses only {len(exp)} points'
     py, shown = lab.settle([])
@@ -243,7 +245,7 @@ def test_select_clusters(lab):
     lab.page.locator('.widget-select-multiple select').first.select_option('1')
     lab.page.get_by_role('button', name='select clusters').click()
     want = np.nonzero(labels == 1)[0].tolist()
-    py, shown = lab.settle()
+    py, shown = lab.settle(want=want)
     assert py == want, f'Python holds {len(py)}, cluster 1 has {len(want)}'
     assert shown is not None and sorted(shown) == want, f'the plot highlights {len(shown or [])}, cluster 1 has {len(want)} (Python {len(py)})'
 
