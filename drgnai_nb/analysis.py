@@ -838,23 +838,22 @@ def write_explore_notebook(rundir:str|Path, # run directory
            'the widgets need JupyterLab (or Jupyter Notebook 7) with ipywidgets 8.'),
         code(f'RUNDIR = {str(Path(rundir).resolve())!r}\nEPOCH = {int(epoch)}\nANALYSIS = {str(Path(outdir).resolve())!r}\n'
              "SELECTIONS = ANALYSIS + '/selections'  # where the save buttons write"),
-        code('from drgnai_nb.analysis import load_run, export_selection, select_clusters, write_volumes\n'
+        code('from drgnai_nb.analysis import load_run, export_selection\n'
              'from drgnai_nb.explore import latent_explorer, volume_viewer\n'
-             'import pandas as pd, json\n'
              'run = load_run(RUNDIR, EPOCH)\n'
-             "summary = json.load(open(ANALYSIS + '/summary.json')) if __import__('os').path.exists(ANALYSIS + '/summary.json') else {}\n"
              "print(f'{run.N} particles, zdim {run.zdim}, box {run.D} px, {run.Apix:.3f} Å/px')"),
-        md('## Latent space\n\nChoose the axes and the colour; select particles with the lasso or box tool. The table and the '
-           'gallery follow the selection; the buttons save it (index pickle of original indices, RELION star, cryoSPARC .cs).'),
+        md('## Latent space\n\nChoose the axes and the colour; select particles with the lasso or box tool (double-click '
+           'clears). The table and the gallery show the selection a page at a time; the buttons save it (index pickle of '
+           'original indices, RELION star, cryoSPARC .cs) and never replace a file unless *overwrite* is ticked.'),
         code('ex = latent_explorer(run, ANALYSIS, outdir=SELECTIONS)\nex'),
         md('## Volumes\n\nThe map at a cluster centre or along a PC, as an isosurface; move the slider to change the threshold.'),
         code('vv = volume_viewer(run, ANALYSIS)\nvv'),
         md('## Filtering\n\nThe particles selected above (run positions; `run.ind[sel]` are the original indices), or whole '
            'clusters, or everything but the junk. `export_selection` writes NAME.pkl (for `drgnai-nb train ... --ind NAME.pkl`), '
            'NAME.star and, for cryoSPARC inputs, NAME.cs.'),
-        code('sel = ex.selected\nprint(len(sel), "particles selected")\n'
-             '# keep = select_clusters(ex.table[ex.cluster_column].values, [0, 1])   # whole clusters\n'
-             "# keep = (ex.table['junk'].values == 0).nonzero()[0]                    # all but the junk analyze flagged\n"
+        code('# ex.select_clusters([0, 1])      # whole clusters instead\n'
+             '# ex.select_junk(); ex.invert()   # or everything but the junk analyze flagged\n'
+             'sel = ex.selected\nprint(len(sel), "particles selected")\n'
              "if len(sel): print(export_selection(run, sel, SELECTIONS, 'my_selection'))"),
     ]
     nb = new_notebook(cells=cells, metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})

@@ -5,12 +5,12 @@ render`. This test runs the first part exactly as nbdev does (`nbdev.serve._proc
 `FilterDefaults` processors, two spawned workers) on a copy of `nbs/`, renders every processed page to HTML with
 nbconvert the way Quarto would treat the stored outputs (directives honoured, plotly embedded, nothing fetched from the
 network), adds the sidebar from `nbs/sidebar.yml`, and opens every page in headless Chromium (Debian's `chromium`,
-driven through the DevTools protocol over `--remote-debugging-pipe`: no extra Python package): no JavaScript or
-console errors, every figure shown, every local link (sidebar, cross-page, nbdev's doc links) resolves to a page.
+driven by Playwright through `tests/browser.py`, the project's one browser driver): no JavaScript or console errors,
+every figure shown, every local link (sidebar, cross-page, nbdev's doc links) resolves to a page.
 Screenshots of the home page and one tutorial (or notebook) page go to `docs_check/` (git-ignored).
 
 Skips when chromium is missing, except in CI (`CI` set), where `.ci/run` installs it."""
-import ast, base64, json, os, re, shutil, subprocess, sys, threading, time, warnings
+import ast, json, os, re, shutil, subprocess, sys, time, warnings
 from configparser import ConfigParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -18,11 +18,11 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
+from browser import chromium_or_skip, launch, ConsoleLog
+
 ROOT = Path(__file__).resolve().parents[1]
 NBS = Path(os.environ.get('DOCS_TEST_NBS', ROOT / 'nbs')).resolve()  # override: check a copy
 SHOTS = ROOT / 'docs_check'
-CHROMIUM = next((p for p in (shutil.which('chromium'), shutil.which('chromium-browser'), '/usr/bin/chromium')
-                 if p and Path(p).exists()), None)
 CFG = ConfigParser(delimiters=['=']); CFG.read(ROOT / 'settings.ini', encoding='utf-8'); CFG = CFG['DEFAULT']
 SITE_URL = CFG['doc_host'].rstrip('/') + CFG['doc_baseurl']  # nbdev's doc links point here
 
@@ -315,67 +315,7 @@ def test_pages_rendered(site):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# headless Chromium over the DevTools pipe
-class Chrome:
-    "Minimal DevTools-protocol client over `--remote-debugging-pipe` (fd 3: commands in, fd 4: replies out)."
-
-    def __init__(self, user_dir):
-        cin_r, self._w = os.pipe()
-        self._r, cout_w = os.pipe()
-
-        def fds():
-            os.dup2(cin_r, 3); os.dup2(cout_w, 4)
-        args = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--remote-debugging-pipe',
-                '--no-first-run', '--no-default-browser-check', '--disable-extensions', '--mute-audio',
-                '--allow-file-access-from-files', '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost',
-                f'--user-data-dir={user_dir}', '--window-size=1280,900', '--hide-scrollbars', 'about:blank']
-        self.proc = subprocess.Popen(args, preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(cin_r); os.close(cout_w)
-        self._id, self._replies, self.events = 0, {}, []
-        self._cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        buf = b''
-        while True:
-            chunk = os.read(self._r, 1 << 20)
-            if not chunk: break
-            buf += chunk
-            *msgs, buf = buf.split(b'\0')
-            with self._cv:
-                for m in msgs:
-                    m = json.loads(m)
-                    if 'id' in m: self._replies[m['id']] = m
-                    else: self.events.append(m)
-                self._cv.notify_all()
-
-    def send(self, method, session=None, timeout=30, **params):
-        self._id += 1
-        i = self._id
-        msg = {'id': i, 'method': method, 'params': params}
-        if session: msg['sessionId'] = session
-        os.write(self._w, json.dumps(msg).encode() + b'\0')
-        with self._cv:
-            if not self._cv.wait_for(lambda: i in self._replies, timeout):
-                raise TimeoutError(method)
-            r = self._replies.pop(i)
-        if 'error' in r: raise RuntimeError(f'{method}: {r["error"]}')
-        return r['result']
-
-    def wait_event(self, method, session, since, timeout=30):
-        with self._cv:
-            ok = self._cv.wait_for(lambda: any(e['method'] == method and e.get('sessionId') == session
-                                               for e in self.events[since:]), timeout)
-        if not ok: raise TimeoutError(method)
-
-    def close(self):
-        try: self.send('Browser.close', timeout=5)
-        except Exception: pass
-        try: self.proc.wait(10)
-        except subprocess.TimeoutExpired: self.proc.kill()
-
-
+# headless Chromium through Playwright (tests/browser.py: the project's one browser driver)
 _PROBE = r'''(() => {
   const imgs = [...document.images].map(i => ({src: i.src.slice(0, 80), ok: i.complete && i.naturalWidth > 0}));
   const plots = [...document.querySelectorAll('.plotly-graph-div')].map(d => !!d.querySelector('.main-svg'));
@@ -404,65 +344,54 @@ def _errors(events, session):
 
 
 @pytest.fixture(scope='module')
-def browser(tmp_path_factory):
-    if CHROMIUM is None:
-        if os.environ.get('CI'): pytest.fail('chromium is missing in CI (.ci/run installs it with apt-get)')
-        pytest.skip('chromium not installed (apt-get install -y chromium); the docs browser check is skipped')
-    c = Chrome(tmp_path_factory.mktemp('chrome_profile'))
-    try:
-        c.send('Browser.getVersion', timeout=60)
-        yield c
-    finally:
-        c.close()
+def browser():
+    chromium_or_skip('the docs browser check')
+    with launch(extra_args=['--allow-file-access-from-files']) as b:
+        yield b
 
 
-def _shot(c, session, path, height):
-    h = max(900, min(int(height), 4000))
-    c.send('Emulation.setDeviceMetricsOverride', session, width=1280, height=h, deviceScaleFactor=1, mobile=False)
-    png = c.send('Page.captureScreenshot', session, format='png', captureBeyondViewport=True, timeout=60)['data']
-    path.write_bytes(base64.b64decode(png))
-    c.send('Emulation.setDeviceMetricsOverride', session, width=1280, height=900, deviceScaleFactor=1, mobile=False)
+def _shot(page, path, height):
+    page.set_viewport_size({'width': 1280, 'height': max(900, min(int(height), 4000))})
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({'width': 1280, 'height': 900})
 
 
 def test_pages_in_chromium(site, browser):
     d, pages = site
-    c = browser
-    target = c.send('Target.createTarget', url='about:blank')['targetId']
-    s = c.send('Target.attachToTarget', targetId=target, flatten=True)['sessionId']
-    for dom in ('Page', 'Runtime', 'Log'): c.send(f'{dom}.enable', s)
+    page = browser.new_page(viewport={'width': 1280, 'height': 900})
+    log = ConsoleLog(page)
     tutorials = sorted(p for p in pages if p.startswith('tutorials/'))
     shot_page = tutorials[0] if tutorials else max((p for p in pages if p != 'index.html'),
                                                    key=lambda p: pages[p]['figures'])
     SHOTS.mkdir(exist_ok=True)
     failures, external, t = [], {}, time.time()
-    for page, info in sorted(pages.items()):
-        n0 = len(c.events)
-        c.send('Page.navigate', s, url=(d / page).as_uri())
-        c.wait_event('Page.loadEventFired', s, n0)
+    for page_name, info in sorted(pages.items()):
+        n_err, n_ext = len(log.errors), len(log.external)
+        page.goto((d / page_name).as_uri(), wait_until='load', timeout=60_000)
         for _ in range(50):  # images decoded and plotly drawn
-            r = c.send('Runtime.evaluate', s, expression=_PROBE, returnByValue=True)['result']['value']
+            r = page.evaluate(_PROBE)
             if all(i['ok'] for i in r['imgs']) and all(r['plots']): break
             time.sleep(0.1)
-        errs, ext = _errors(c.events[n0:], s)
-        if ext: external[page] = ext
+        errs, ext = log.errors[n_err:], log.external[n_ext:]
+        if ext: external[page_name] = ext
         bad_img = [i['src'] for i in r['imgs'] if not i['ok']]
         shown = sum(i['ok'] for i in r['imgs']) + sum(r['plots'])
         broken = []
         for href in r['links']:
             u = urlparse(href)
             if u.scheme == 'file' and not Path(unquote(u.path)).is_file(): broken.append(href)
-        if errs: failures.append(f'{page}: {errs}')
-        if bad_img: failures.append(f'{page}: images not loaded {bad_img}')
-        if not all(r['plots']): failures.append(f'{page}: {r["plots"].count(False)} plotly figures not drawn')
-        if shown < info['figures']: failures.append(f'{page}: {shown} of {info["figures"]} figures shown')
-        if broken: failures.append(f'{page}: links to missing pages {sorted(set(broken))}')
-        if r['nav'] < len(pages): failures.append(f'{page}: sidebar has {r["nav"]} links for {len(pages)} pages')
+        if errs: failures.append(f'{page_name}: {errs}')
+        if bad_img: failures.append(f'{page_name}: images not loaded {bad_img}')
+        if not all(r['plots']): failures.append(f'{page_name}: {r["plots"].count(False)} plotly figures not drawn')
+        if shown < info['figures']: failures.append(f'{page_name}: {shown} of {info["figures"]} figures shown')
+        if broken: failures.append(f'{page_name}: links to missing pages {sorted(set(broken))}')
+        if r['nav'] < len(pages): failures.append(f'{page_name}: sidebar has {r["nav"]} links for {len(pages)} pages')
         if not r['h1'] or r['h1'].strip() != (info['title'] or '').strip():
-            failures.append(f'{page}: title {r["h1"]!r}, expected {info["title"]!r}')
-        if page in ('index.html', shot_page):
-            _shot(c, s, SHOTS / (page.replace('/', '_').replace('.html', '.png')), r['height'])
+            failures.append(f'{page_name}: title {r["h1"]!r}, expected {info["title"]!r}')
+        if page_name in ('index.html', shot_page):
+            _shot(page, SHOTS / (page_name.replace('/', '_').replace('.html', '.png')), r['height'])
     print(f'chromium: {len(pages)} pages in {time.time() - t:.1f} s; screenshots in {SHOTS}: index.png, '
           f'{shot_page.replace("/", "_").replace(".html", ".png")}')
     if external: print('external resources not loaded (offline by design):', json.dumps(external, indent=1)[:2000])
-    c.send('Target.closeTarget', targetId=target)
+    page.close()
     assert not failures, '\n'.join(failures)

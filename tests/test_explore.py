@@ -1,14 +1,14 @@
-"""drgnai_nb.explore: the widgets build headless, a programmatic selection (through plotly's own selection callback)
-saves the right particles, the star/.cs export reads back, and the notebook `analyze` writes executes headless."""
-import json, os, sys
+"""drgnai_nb.explore: the widgets build headless, a selection (as the browser's lasso message sends it) saves the right
+particles, the star/.cs export reads back, and the notebook `analyze` writes executes headless and uses what it
+imports. The real-browser test is tests/test_explore_browser.py."""
+import ast, json, os, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from plotly.callbacks import Points
 
 from drgnai_nb import analysis as A
-from drgnai_nb.explore import latent_explorer, volume_viewer, load_table
+from drgnai_nb.explore import latent_explorer, volume_viewer, load_table, points_in_polygon
 from drgnai_nb.io import load_ind, read_star, star_to_poses, star_to_ctf, read_cs, save_ind, DrgnaiInputError
 from drgnai_nb.simulate import SimConfig, simulate_to_dir
 from drgnai_nb.train import TrainConfig, train
@@ -33,20 +33,25 @@ def test_explorer_selection_and_save(het, tmp_path):
     ex = latent_explorer(het['run'], outdir=tmp_path)
     run = ex.run
     assert ex.cluster_column == 'kmeans3' and (ex.x.value, ex.y.value) == ('PC1', 'PC2')  # zdim 2: no separate embedding
-    assert len(ex.trace.x) == run.N and ex.widget is not None
-    # a lasso in the browser arrives as plotly's selection callback with point indices
-    ex.trace._dispatch_on_selection(Points(point_inds=[7, 2, 30], xs=[], ys=[], trace_name=None, trace_index=0), None)
-    np.testing.assert_array_equal(ex.selected, [2, 7, 30])
-    assert list(ex.trace.selectedpoints) == [2, 7, 30] and '<b>3</b> of 40' in ex.info.value
+    assert len(np.frombuffer(ex.plot.x, np.float32)) == run.N and ex.widget is not None
+    # a lasso in the browser arrives as a message with its outline in the axes' units
+    x, y = ex.xy()
+    sel = np.argsort(x)[:3]
+    px, py = [x[sel].min() - 1e-6, x[sel].max() + 1e-6, x[sel].max() + 1e-6, x[sel].min() - 1e-6], [-1e9, -1e9, 1e9, 1e9]
+    ex._on_msg(ex.plot, {'event': 'lasso', 'x': px, 'y': py}, [])
+    np.testing.assert_array_equal(ex.selected, np.sort(sel))
+    np.testing.assert_array_equal(np.frombuffer(ex.plot.sel, np.int32), np.sort(sel))  # the overlay the plot draws
+    assert '<b>3</b> of 40' in ex.info.value
     assert ex.gallery.value[:4] == b'\x89PNG'
+    sel = np.sort(sel)
     ex.name.value = 'lasso'
     ex.save_all_button.click()
-    orig = run.ind[[2, 7, 30]]
+    orig = run.ind[sel]
     np.testing.assert_array_equal(load_ind(tmp_path / 'lasso.pkl'), orig)
     s = read_star(tmp_path / 'lasso.star')
     assert [int(x.split('@')[0]) - 1 for x in s.particles['rlnImageName']] == orig.tolist()
-    np.testing.assert_allclose(star_to_poses(s)[0], run.rot[[2, 7, 30]], atol=1e-4)
-    np.testing.assert_allclose(star_to_ctf(s), run.ctf()[[2, 7, 30]], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(star_to_poses(s)[0], run.rot[sel], atol=1e-4)
+    np.testing.assert_allclose(star_to_ctf(s), run.ctf()[sel], rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(read_cs(tmp_path / 'lasso.cs'), read_cs(het['cs'])[orig])
     # clusters, junk, invert; the index-only button
     labels = ex.table['kmeans3'].values
@@ -59,10 +64,14 @@ def test_explorer_selection_and_save(het, tmp_path):
     assert not (tmp_path / 'c0.star').exists()
     # axes and colour from pose / CTF columns
     ex.x.value, ex.y.value, ex.colour.value = 'azimuth', 'dfU', 'tilt'
-    np.testing.assert_allclose(np.asarray(ex.trace.x), ex.table['azimuth'].values)
-    np.testing.assert_allclose(np.asarray(ex.trace.marker.color), ex.table['tilt'].values)
-    ex.trace._dispatch_on_deselect(Points(point_inds=[], xs=[], ys=[], trace_name=None, trace_index=0))
-    assert len(ex.selected) == 0 and ex.save() == {}
+    np.testing.assert_allclose(np.frombuffer(ex.plot.x, np.float32), ex.table['azimuth'].values, rtol=1e-6)
+    np.testing.assert_allclose(np.frombuffer(ex.plot.c, np.float32), ex.table['tilt'].values, rtol=1e-6)
+    assert ex.plot.spec['colour']['mode'] == 'continuous'
+    ex.colour.value = 'kmeans3'; assert ex.plot.spec['colour']['ticktext'] == ['0', '1', '2']
+    ex._on_msg(ex.plot, {'event': 'box', 'x': [-180, 0], 'y': [-1e9, 1e9]}, [])
+    np.testing.assert_array_equal(ex.selected, np.nonzero(ex.table['azimuth'].values <= 0)[0])
+    ex._on_msg(ex.plot, {'event': 'clear'}, [])
+    assert len(ex.selected) == 0 and ex.save() == {} and ex.gallery.layout.display == 'none'
     with pytest.raises(DrgnaiInputError): ex.select([40])
 
 
@@ -102,3 +111,9 @@ def test_explore_notebook_executes(het, tmp_path, monkeypatch):
     assert not [o for o in outs if o.output_type == 'error']
     assert any('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in outs)
     assert any('40 particles, zdim 2' in o.get('text', '') for o in outs)
+    # every name the notebook imports is used in it
+    src = '\n'.join(c.source for c in nb.cells if c.cell_type == 'code')
+    tree = ast.parse(src)
+    names = [a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert names and not [n for n in names if n not in used], f'the notebook imports names it never uses: {[n for n in names if n not in used]}'
