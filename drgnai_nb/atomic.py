@@ -7,7 +7,7 @@ __all__ = ['AtomicModel', 'read_model', 'select_atoms', 'atomic_volume', 'projec
            'read_dataset_poses', 'read_dataset_ctf', 'preferred_rotations', 'coloured_noise', 'kabsch', 'superpose',
            'RigidMotion', 'make_motion', 'AtomicSimConfig', 'simulate_atomic', 'simulate_atomic_to_dir']
 
-# %% ../nbs/07a_atomic.ipynb #d62373f5
+# %% ../nbs/07a_atomic.ipynb #d010758e
 import math
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -21,7 +21,7 @@ from .so3 import random_rotations, expmap, rot_z
 from .forward import volume_to_ht, slice_volume
 from .simulate import SimResult, form_images, _junk_slices
 
-# %% ../nbs/07a_atomic.ipynb #d82efc0c
+# %% ../nbs/07a_atomic.ipynb #e7372420
 @dataclass
 class AtomicModel:
     "Atoms of a model as arrays: positions (Å), electron scattering Gaussians, and identities for matching."
@@ -97,7 +97,7 @@ def select_atoms(model:AtomicModel, # the whole model
         keys |= set(read_model(path, s).keys.tolist())
     return np.isin(model.keys, list(keys))
 
-# %% ../nbs/07a_atomic.ipynb #ee41ff04
+# %% ../nbs/07a_atomic.ipynb #b1f2bcd3
 def _blur_for(h:float, # fine-grid spacing, Å
               oversample:int, # fine grid / output grid
               b_min:float, # narrowest Gaussian width present (b + B), Å²
@@ -194,7 +194,7 @@ def project_atoms(model:AtomicModel, # the atoms
     fine = torch.stack([_splat(q[:, :2] / h, a, sig, M) for q in p]) / h ** 2  # line integrals, per Å²
     return _crop_deblur(fine, D, h, blur, 2) / Apix  # a voxel sum = line integral / Apix
 
-# %% ../nbs/07a_atomic.ipynb #ed76814d
+# %% ../nbs/07a_atomic.ipynb #c1c668f6
 def fourier_vs_real_error(model:AtomicModel, # the atoms
                           R:Tensor, # (B, 3, 3) rotations
                           D:int, # box, pixels
@@ -211,7 +211,7 @@ def fourier_vs_real_error(model:AtomicModel, # the atoms
     disc = (lat.coords[:, :2].norm(dim=-1) < 0.5).view(D + 1, D + 1)[:-1, :-1]
     return float((fs - ref)[:, disc].norm() / ref[:, disc].norm())
 
-# %% ../nbs/07a_atomic.ipynb #d487dfb0
+# %% ../nbs/07a_atomic.ipynb #cb37aa13
 def read_dataset_poses(path:str|Path, # .star, .cs or pose pickle
                       )->tuple: # (rot (M, 3, 3) float64, shift (M, 2) float64 Å or None, frac (M, 2) float64 fraction of the file's box)
     "Rotations and shifts of a real dataset, with the shifts in Å when the file gives its box and pixel size."
@@ -284,7 +284,7 @@ def coloured_noise(n:int, # number of images
     y = torch.fft.ifft2(torch.fft.fft2(x.double()) * amp).real
     return (y / y.std()).float()
 
-# %% ../nbs/07a_atomic.ipynb #1992af2e
+# %% ../nbs/07a_atomic.ipynb #e64f3cf7
 def kabsch(P:Tensor, # (J, 3) points to move
            Q:Tensor, # (J, 3) target points
           )->tuple: # (R (3, 3), t (3,)) minimising |P Rᵀ + t − Q|
@@ -350,7 +350,7 @@ def make_motion(model:AtomicModel, # the model
     if axis.norm() == 0: raise DrgnaiInputError('the motion axis is zero')
     return RigidMotion(mv.numpy(), hinge, axis / axis.norm(), float(angle))
 
-# %% ../nbs/07a_atomic.ipynb #5816e1d2
+# %% ../nbs/07a_atomic.ipynb #8517de60
 @dataclass
 class AtomicSimConfig:
     "Settings of a simulation from atomic models (or maps); validated on creation."
@@ -415,7 +415,7 @@ class AtomicSimConfig:
         "'continuous' (a moving selection), 'discrete' (several models or maps) or 'none'."
         return 'continuous' if self.moving else 'discrete' if len(self.models or self.maps) > 1 else 'none'
 
-# %% ../nbs/07a_atomic.ipynb #141a2a88
+# %% ../nbs/07a_atomic.ipynb #75292b5f
 def _states(cfg:AtomicSimConfig)->dict:
     "The maps to slice: {'vols': [(D, D, D)], 'arm': map or None, 'motion', 'centre' Å, 'truth': ground-truth maps, 'info'}."
     from drgnai_nb.io import read_mrc, mrc_header
@@ -526,7 +526,7 @@ def simulate_atomic(cfg:AtomicSimConfig, # the simulation settings
     res.info = st['info']
     return res
 
-# %% ../nbs/07a_atomic.ipynb #4b8a22c1
+# %% ../nbs/07a_atomic.ipynb #4fa46b89
 def simulate_atomic_to_dir(cfg:AtomicSimConfig, # simulation settings
                            outdir:str|Path, # output folder (created)
                            overwrite:bool=False, # replace an existing dataset
