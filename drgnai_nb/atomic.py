@@ -152,10 +152,10 @@ def _crop_deblur(fine:Tensor, # (..., M, M[, M]) fine real grid(s), spacing h, o
     out = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(Fk, dim=dims), dim=dims), dim=dims).real
     return out * (D / M) ** n  # the same density values, sampled M/D times more coarsely
 
-def _terms(model:AtomicModel, bfactor:float, model_bfactors:bool):
-    B = bfactor + (model.bfac if model_bfactors else 0.0)
-    bb = model.b + torch.as_tensor(B, dtype=torch.float64).reshape(-1, 1) if model_bfactors else model.b + bfactor
-    return model.a, bb
+def _terms(model:AtomicModel, bfactor:float, model_bfactors:bool)->tuple:
+    "(J, 5) amplitudes (Å) and widths b + B (Å²) of every atom's Gaussians."
+    B = bfactor + (model.bfac if model_bfactors else torch.zeros(len(model), dtype=torch.float64))
+    return model.a, model.b + B[:, None]
 
 def atomic_volume(model:AtomicModel, # the atoms
                   D:int, # box, pixels (even)

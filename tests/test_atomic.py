@@ -155,3 +155,17 @@ def test_bad_input_is_refused(toy, tmp_path):
     bad = tmp_path / 'bad.pdb'; bad.write_text('this is not a model\n')
     assert main(['simulate', str(out), '--model', str(bad)]) == 2
     assert not out.exists()
+
+
+def test_map_input_and_bfactors(toy, tmp_path):
+    "--map MAP.mrc gives the same noise-free images as the model the map was made from; the atoms' B-factors blur."
+    d1, d2 = tmp_path / 'from_model', tmp_path / 'from_map'
+    common = ['-n', '8', '--snr', '0', '--seed', '4', '--no-progress']
+    assert main(['simulate', str(d1), '--model', str(toy), '-D', '32', '--Apix', '2', *common]) == 0
+    assert main(['simulate', str(d2), '--map', str(d1 / 'vol.mrc'), *common]) == 0  # box and pixel size from the header
+    a, b = read_mrc(d1 / 'particles.mrcs')[0], read_mrc(d2 / 'particles.mrcs')[0]
+    assert a.shape == b.shape == (8, 32, 32) and np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+    assert main(['simulate', str(tmp_path / 'm'), '--map', str(d1 / 'vol.mrc'), '--Apix', '3']) == 2  # header says 2 Å
+    m = atomic.read_model(toy); m.bfac[:] = 100.0
+    sharp, soft = atomic.atomic_volume(m, 32, 2.0), atomic.atomic_volume(m, 32, 2.0, model_bfactors=True)
+    assert soft.max() < 0.8 * sharp.max() and abs(float(soft.sum() / sharp.sum()) - 1) < 1e-3
