@@ -220,9 +220,12 @@ def read_dataset_poses(path:str|Path, # .star, .cs or pose pickle
     if not p.is_file(): raise DrgnaiInputError(f'{p}: pose file not found')
     if ext == '.star':
         s = io.read_star(p)
-        rot, frac = io.star_to_poses(s)
         box, apix = s.box, s.apix
-        shift = None if apix is None else frac * (box * apix)[:, None]
+        rot, frac = io.star_to_poses(s, D=None if box is not None else 1)  # RELION 3.0 has no box: then frac is in pixels
+        if apix is None and box is None:
+            raise DrgnaiInputError(f'{p}: neither the box (_rlnImageSize) nor the pixel size (_rlnImagePixelSize, or _rlnDetectorPixelSize '
+                                   'with _rlnMagnification) is given, so its shifts cannot be converted to the simulated pixels')
+        shift = None if apix is None else frac * ((box if box is not None else 1) * apix)[:, None]
     elif ext == '.cs':
         a = io.read_cs(p); rot, frac = io.cs_to_poses(a)
         shift = frac * (a['blob/shape'].reshape(len(a), -1)[:, :1] * a['blob/psize_A'].reshape(-1, 1)) if 'blob/psize_A' in a.dtype.names else None

@@ -169,3 +169,23 @@ def test_map_input_and_bfactors(toy, tmp_path):
     m = atomic.read_model(toy); m.bfac[:] = 100.0
     sharp, soft = atomic.atomic_volume(m, 32, 2.0), atomic.atomic_volume(m, 32, 2.0, model_bfactors=True)
     assert soft.max() < 0.8 * sharp.max() and abs(float(soft.sum() / sharp.sum()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize('name', ['relion31.star', 'relion5.star', 'FinalRefinement-OriginalParticles-PfCRT.star'])
+def test_poses_and_ctf_from_real_stars(cryodrgn_data, toy, tmp_path, name):
+    "Real RELION 3.0 / 3.1 / 5 stars (cryoDRGN's goldens): each particle's rotation, shift (Å) and defocus come from one row."
+    from drgnai_nb.io import read_star, star_to_poses, star_to_ctf
+    f = cryodrgn_data / name
+    s = read_star(f)
+    rot, frac = star_to_poses(s, D=None if s.box is not None else 1)
+    shift_A = frac * ((s.box if s.box is not None else 1) * s.apix)[:, None]
+    dfu = star_to_ctf(s, D=None if s.box is not None else 1)[:, 2]
+    sim = tmp_path / 'sim'
+    assert main(['simulate', str(sim), '--model', str(toy), '-n', '30', '-D', '32', '--Apix', '1.7', '--snr', '1',
+                 '--poses-from', str(f), '--ctf-from', str(f), '--no-progress']) == 0
+    r, t = load_poses(sim / 'poses.pkl'); c = load_ctf(sim / 'ctf.pkl')
+    row = np.abs(r[:, None] - rot[None]).max(axis=(2, 3)).argmin(1)
+    assert np.abs(r - rot[row]).max() < 1e-5
+    np.testing.assert_allclose(t * 32 * 1.7, shift_A[row], atol=1e-3)
+    np.testing.assert_allclose(c[:, 2], dfu[row], rtol=1e-5)
+    assert (c[:, 0] == 32).all() and np.allclose(c[:, 1], 1.7)
