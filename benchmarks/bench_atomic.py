@@ -65,7 +65,7 @@ def _train_child(cfg_dict, outdir, threads, result_path):
     t = time.time()
     tr = Trainer(TrainConfig.from_dict(cfg_dict), outdir, overwrite=True, progress=False)
     tr.fit()
-    hps = [h for h in tr.history if h['phase'] == 'hps']; sgd = [h for h in tr.history if h['phase'] == 'sgd']
+    hps = [h for h in tr.history if h['phase'] == 'hps']; sgd = [h for h in tr.history if h['phase'] != 'hps']  # 'sgd', or 'fixed' with the true poses
     Path(result_path).write_text(json.dumps({
         'wall_s': time.time() - t, 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
         'n_hps_epochs': tr.n_hps_epochs, 'n_epochs': tr.n_epochs,
