@@ -215,12 +215,14 @@ def add_simulate(sub):
                     'poses.pkl (translations as box fractions), vol.mrc (or vol_000.mrc ... per state),\n'
                     'labels.pkl (state, -1 = junk), u.pkl (conformation) and sim_config.yaml.',
         example='drgnai-nb simulate sim/ -n 1000 -D 64 --snr 0.1\n'
-                'drgnai-nb simulate sim2/ -n 5000 --heterogeneity discrete --n-states 3 --junk-fraction 0.1',
+                'drgnai-nb simulate sim2/ -n 5000 --heterogeneity discrete --n-states 3 --junk-fraction 0.1\n'
+                'drgnai-nb simulate igg/ --model 1hzh.pdb -n 5000 -D 128 --Apix 2 --snr 0.05 --defocus 1 3 --preferred-views 3\n'
+                "drgnai-nb simulate igg1d/ --model 1hzh.pdb --moving '//H/1-220;//L' --motion-angle 40 --poses-from run_data.star",
         progress=True)
     p.add_argument('outdir', metavar='OUTDIR', help='output folder (created)')
     p.add_argument('-n', '--n-images', type=int, metavar='N', default=1000, help='number of particle images')
-    p.add_argument('-D', type=int, default=None, help='box size, pixels, even (default: 64, or the box of --volume)')
-    p.add_argument('--Apix', type=float, metavar='A', default=None, help='pixel size, Å (default: 3.0, or the header of --volume)')
+    p.add_argument('-D', type=int, default=None, help='box size, pixels, even (default: 64; 128 with --model; the box of --volume / --map)')
+    p.add_argument('--Apix', type=float, metavar='A', default=None, help='pixel size, Å (default: 3.0; 2.0 with --model; the header of --volume / --map)')
     p.add_argument('--snr', type=float, default=0.1, help='signal-to-noise ratio (variance); 0 = noise-free')
     p.add_argument('--no-ctf', action='store_true', help='do not apply a CTF')
     p.add_argument('--defocus', type=float, nargs=2, default=[1.0, 2.5], metavar=('MIN', 'MAX'), help='defocus range, µm')
@@ -239,11 +241,62 @@ def add_simulate(sub):
                    help="direction the built-in molecule's arm swings about (default: 0 0 1, its superhelix axis)")
     p.add_argument('-b', '--batch-size', type=int, metavar='B', default=128, help='images rendered per batch')
     p.add_argument('--overwrite', action='store_true', help='replace an existing dataset in OUTDIR')
+    a = p.add_argument_group('atomic models (atomic.AtomicSimConfig)')
+    a.add_argument('--model', nargs='+', default=None, metavar='MODEL.pdb', help='PDB/mmCIF model(s) instead of the built-in molecule; several: discrete states')
+    a.add_argument('--map', nargs='+', default=None, metavar='MAP.mrc', help='map(s) instead of models, with the options below (no --moving)')
+    a.add_argument('--select', default=None, metavar='SEL', help="gemmi selection of the atoms to keep (e.g. '//H,K,L,M')")
+    a.add_argument('--bfactor', type=float, default=50.0, metavar='B', help='B-factor added to every atom, Å²')
+    a.add_argument('--model-bfactors', action='store_true', help="also add each atom's own B-factor")
+    a.add_argument('--poses-from', default=None, metavar='FILE', help='draw rotations and shifts from a real dataset (.star, .cs or pose .pkl)')
+    a.add_argument('--ctf-from', default=None, metavar='FILE', help='draw CTFs (defocus, astigmatism, kV, Cs, w, phase shift) from a real dataset (.star, .cs or ctf .pkl)')
+    a.add_argument('--preferred-views', type=int, default=0, metavar='K', help='without --poses-from: K concentrated viewing directions (0: uniform)')
+    a.add_argument('--view-spread', type=float, default=15.0, metavar='DEG', help='angular spread of each preferred direction, degrees')
+    a.add_argument('--uniform-fraction', type=float, default=0.1, metavar='F', help='fraction of uniform views beside the preferred ones')
+    a.add_argument('--noise-color', type=float, default=0.0, metavar='ALPHA', help='noise power ∝ (|k|/Nyquist)^-ALPHA (0: white)')
+    a.add_argument('--moving', default=None, metavar='SEL', help="gemmi selection(s), ';'-joined, of atoms turned rigidly: continuous heterogeneity (e.g. '//H/1-220;//L')")
+    a.add_argument('--motion-angle', type=float, default=40.0, metavar='DEG', help='turn of the moving atoms at u = 1, degrees')
+    a.add_argument('--motion-axis', nargs=3, type=float, default=None, metavar=('X', 'Y', 'Z'), help='axis of the turn (default: normal to the hinge / arm / body plane)')
+    a.add_argument('--hinge', nargs=3, type=float, default=None, metavar=('X', 'Y', 'Z'), help="point on the axis, Å in the model's frame (default: the interface centroid)")
     return p
+
+_ATOMIC_ONLY = ('select', 'model_bfactors', 'poses_from', 'ctf_from', 'preferred_views', 'noise_color', 'moving', 'motion_axis', 'hinge')
+
+def _run_simulate_atomic(args):
+    from drgnai_nb import io
+    from drgnai_nb.atomic import AtomicSimConfig, simulate_atomic_to_dir
+    if args.volume or args.heterogeneity != 'none' or tuple(args.hinge_axis) != (0.0, 0.0, 1.0):
+        raise _input_error('simulate: with --model/--map the heterogeneity follows from the inputs (several --model files: discrete; '
+                           '--moving: continuous); --volume, --heterogeneity and --hinge-axis are for the built-in molecule')
+    D, Apix = args.D, args.Apix
+    if args.map:
+        inf = io.mrc_header(args.map[0])
+        D = D or inf.D
+        Apix = Apix or inf.Apix
+    if (Path(args.outdir) / 'particles.mrcs').exists() and not args.overwrite:
+        raise FileExistsError(f'{args.outdir} already holds a simulated dataset (particles.mrcs); pass --overwrite to replace it')
+    try:
+        cfg = AtomicSimConfig(models=args.model, maps=args.map, n_images=args.n_images, D=D or 128, Apix=Apix or 2.0,
+                              select=args.select, bfactor=args.bfactor, model_bfactors=args.model_bfactors, snr=args.snr,
+                              noise_color=args.noise_color, ctf=not args.no_ctf, defocus=tuple(args.defocus), astig=args.astig,
+                              kv=args.kv, cs=args.cs, w=args.amp_contrast, ctf_from=args.ctf_from, poses_from=args.poses_from,
+                              shift_px=args.shift_px, preferred_views=args.preferred_views, view_spread=args.view_spread,
+                              uniform_fraction=args.uniform_fraction, moving=args.moving, motion_angle=args.motion_angle,
+                              motion_axis=args.motion_axis, hinge=args.hinge, junk_fraction=args.junk_fraction, seed=args.seed,
+                              batch_size=args.batch_size)
+    except ValueError as e: raise _input_error(f'simulate: {e}') from e
+    files = simulate_atomic_to_dir(cfg, args.outdir, overwrite=args.overwrite, progress=not args.no_progress)
+    src = ', '.join(Path(x).name for x in (cfg.models or cfg.maps))
+    print(f'simulated {cfg.n_images} images from {src}: D={cfg.D} px, Apix={cfg.Apix:g} Å, snr={cfg.snr:g}, '
+          f'CTF {"on" if cfg.ctf else "off"}, heterogeneity {cfg.heterogeneity}, seed {cfg.seed}')
+    for k, v in files.items():
+        for f in (v if isinstance(v, list) else [v]): print(f'  {k:10s} {f}')
 
 def run_simulate(args):
     from drgnai_nb import io
     from drgnai_nb.simulate import SimConfig, simulate_to_dir
+    if args.model or args.map: return _run_simulate_atomic(args)
+    given = [n for n in _ATOMIC_ONLY if getattr(args, n) not in (None, False, 0, 0.0)]
+    if given: raise _input_error(f"simulate: --{given[0].replace('_', '-')} needs --model or --map")
     D, Apix = args.D, args.Apix
     if args.volume:
         infos = [io.mrc_header(v) for v in args.volume]

@@ -69,3 +69,25 @@ def test_diagnose_states_small(tmp_path, capsys, het):
         assert rot and all(-1 <= float(v) <= 1 for v in rot.groups()), out
         lim = re.search(r"step 6, 16 particles: the images' own limit.*\|rho\| with the motion ([0-9.]+) \(band \d+ px\), ([0-9.]+) \(band 12 px\)", out)
         assert lim and float(lim.group(2)) > 0.8, out  # SNR 1: the exact images place the particles along the motion
+
+
+def test_bench_atomic_small(tmp_path, capsys):
+    "benchmarks/bench_atomic.py end to end on a written 120-atom model: a set, its Fourier crop, all four table rows."
+    import json, gemmi, numpy as np, bench_atomic
+    rng = np.random.default_rng(0)
+    st = gemmi.Structure(); st.add_model(gemmi.Model('1')); ch = gemmi.Chain('A')
+    for i in range(120):
+        r = gemmi.Residue(); r.name = 'GLY'; r.seqid = gemmi.SeqId(i + 1, ' ')
+        at = gemmi.Atom(); at.name = 'C'; at.element = gemmi.Element('C'); at.occ = 1.0
+        at.pos = gemmi.Position(*(rng.normal(size=3) * [9, 6, 4])); r.add_atom(at); ch.add_residue(r)
+    st[0].add_chain(ch); st.setup_entities(); st.write_pdb(str(tmp_path / 'm.pdb'))
+    tiny = ['n_imgs_pretrain=64', 'n_imgs_pose_search=96', 'epochs_sgd=2', 'base_order=0', 'n_levels=2', 'l_start=4', 'l_end=6',
+            't_extent=2.0', 't_n_grid=3', 'hps_search_batch=32', 'batch_size_hps=16', 'batch_size_sgd=16', 'batch_size_known_poses=16',
+            'dim=16', 'pe_dim=4']
+    bench_atomic.main(['--model', str(tmp_path / 'm.pdb'), '-n', '96', '-D', '32', '--Apix', '3', '--boxes', '16', '--snr', '1',
+                       '--threads', '1', '--out', str(tmp_path / 'b'), '--set', *tiny])
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / 'b' / 'bench_atomic.json').read_text())['16']
+    assert {'abinit', 'hps_only', 'fixed', 'floor'} <= set(res) and res['abinit_resources']['peak_rss_gb'] > 0
+    assert (tmp_path / 'b' / 'data_D16' / 'vol.mrc').exists() and res['abinit']['Apix'] == 6.0
+    for name in ('ab initio', 'HPS only', 'true poses (fixed)', 'floor vs true map'): assert f'| {name}' in out, out
