@@ -19,7 +19,7 @@ from .io import DrgnaiInputError
 from .lattice import Lattice
 from .so3 import random_rotations, expmap, rot_z
 from .forward import volume_to_ht, slice_volume
-from .simulate import SimResult, form_images, _junk_slices
+from .simulate import SimResult, form_images, _junk_slices, write_simulation
 
 # %% ../nbs/07a_atomic.ipynb #e7372420
 @dataclass
@@ -536,26 +536,10 @@ def simulate_atomic_to_dir(cfg:AtomicSimConfig, # simulation settings
                            progress:bool=True,
                           )->dict: # paths of the files written
     "Simulate from atomic models and write the built-in simulator's files (stack, star, CTF, poses, volumes, labels, u, config)."
-    import yaml
-    from drgnai_nb.io import write_mrc, write_star, save_ctf, save_poses, save_pkl
     out = Path(outdir)
     if (out / 'particles.mrcs').exists() and not overwrite:
         raise FileExistsError(f'{out} already holds a simulated dataset (particles.mrcs); pass overwrite=True to replace it')
     sim = simulate_atomic(cfg, progress)  # all input errors are raised here, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    N = cfg.n_images
-    files = {'particles': write_mrc(out / 'particles.mrcs', sim.images.numpy(), Apix=cfg.Apix, is_stack=True),
-             'ctf': save_ctf(out / 'ctf.pkl', sim.ctf.numpy()),
-             'poses': save_poses(out / 'poses.pkl', sim.rot.numpy(), sim.trans.numpy())}
-    files['star'] = write_star(out / 'particles.star', [(str(files['particles']), i) for i in range(N)], sim.ctf.numpy(),
-                               sim.rot.numpy(), sim.trans.numpy())
-    if len(sim.volumes) == 1: files['volumes'] = [write_mrc(out / 'vol.mrc', sim.volumes[0].numpy(), Apix=cfg.Apix)]
-    else: files['volumes'] = [write_mrc(out / f'vol_{k:03d}.mrc', v.numpy(), Apix=cfg.Apix) for k, v in enumerate(sim.volumes)]
-    files['labels'] = save_pkl(out / 'labels.pkl', sim.labels.numpy().astype(np.int64))
-    files['u'] = save_pkl(out / 'u.pkl', sim.u.numpy().astype(np.float32))
     d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    d.update(heterogeneity=cfg.heterogeneity, n_states=len(cfg.models or cfg.maps), n_junk=int((sim.labels == -1).sum()),
-             source='atomic', **sim.info)
-    (out / 'sim_config.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
-    files['config'] = out / 'sim_config.yaml'
-    return files
+    d.update(heterogeneity=cfg.heterogeneity, n_states=len(cfg.models or cfg.maps), source='atomic', **sim.info)
+    return write_simulation(out, sim, cfg.Apix, d)  # the built-in simulator's files, all or none

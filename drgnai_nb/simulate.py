@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['BlobMolecule', 'builtin_molecule', 'blob_volume', 'blob_slices', 'SimConfig', 'SimResult', 'form_images', 'simulate',
-           'simulate_to_dir']
+           'simulate_to_dir', 'write_simulation']
 
 # %% ../nbs/07_simulate.ipynb #c049c088
 import math
@@ -140,6 +140,8 @@ class SimConfig:
 
     def __post_init__(self):
         if self.D % 2 or self.D < 8: raise ValueError(f'D must be even and >= 8, got {self.D}')
+        if not 0 <= self.shift_px <= self.D / 4:  # a particle shifted further leaves its box (and its pose file: |t| > D/2)
+            raise ValueError(f'shift_px (--shift-px) must be in [0, D/4] = [0, {self.D / 4:g}] pixels, got {self.shift_px}')
         if self.n_images < 1: raise ValueError(f'n_images must be >= 1, got {self.n_images}')
         if self.Apix <= 0: raise ValueError(f'Apix must be > 0 Å, got {self.Apix}')
         if self.snr < 0: raise ValueError(f'snr must be >= 0, got {self.snr}')
@@ -277,26 +279,34 @@ def simulate_to_dir(cfg:SimConfig, # simulation settings
                     progress:bool=True,
                    )->dict: # paths of the files written
     "Simulate and write the stack, star, CTF and pose pickles, ground-truth volumes, labels and config."
-    import yaml
-    from drgnai_nb.io import write_mrc, write_star, save_ctf, save_poses, save_pkl
     out = Path(outdir)
     if (out / 'particles.mrcs').exists() and not overwrite:
         raise FileExistsError(f'{out} already holds a simulated dataset (particles.mrcs); pass overwrite=True to replace it')
-    out.mkdir(parents=True, exist_ok=True)
     sim = simulate(cfg, progress)
-    N = cfg.n_images
-    files = {'particles': write_mrc(out / 'particles.mrcs', sim.images.numpy(), Apix=cfg.Apix, is_stack=True),
-             'ctf': save_ctf(out / 'ctf.pkl', sim.ctf.numpy()),
-             'poses': save_poses(out / 'poses.pkl', sim.rot.numpy(), sim.trans.numpy())}
-    files['star'] = write_star(out / 'particles.star', [(str(files['particles']), i) for i in range(N)], sim.ctf.numpy(),
-                               sim.rot.numpy(), sim.trans.numpy())
-    if len(sim.volumes) == 1: files['volumes'] = [write_mrc(out / 'vol.mrc', sim.volumes[0].numpy(), Apix=cfg.Apix)]
-    else: files['volumes'] = [write_mrc(out / f'vol_{k:03d}.mrc', v.numpy(), Apix=cfg.Apix) for k, v in enumerate(sim.volumes)]
-    files['labels'] = save_pkl(out / 'labels.pkl', sim.labels.numpy().astype(np.int64))
-    files['u'] = save_pkl(out / 'u.pkl', sim.u.numpy().astype(np.float32))
     d = asdict(cfg); d['defocus'] = list(cfg.defocus); d['hinge_axis'] = list(cfg.hinge_axis)
     d['volume'] = None if cfg.volume is None else [str(v) for v in cfg.volume]
-    d['n_junk'] = int((sim.labels == -1).sum())
-    (out / 'sim_config.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
-    files['config'] = out / 'sim_config.yaml'
+    return write_simulation(out, sim, cfg.Apix, d)
+
+def write_simulation(out:Path, # output folder (created)
+                     sim, # a simulation's result (`Simulation`: images, ctf, rot, trans, volumes, labels, u)
+                     Apix:float, # pixel size, Å
+                     config:dict, # the settings, written as sim_config.yaml (with the junk count)
+                    )->dict: # paths of the files written
+    "Write a simulated data set: every file lands, or none does (`io.all_or_nothing`; a full disk leaves no half set)."
+    import yaml
+    from drgnai_nb.io import write_mrc, write_star, save_ctf, save_poses, save_pkl, atomic_write, all_or_nothing
+    out.mkdir(parents=True, exist_ok=True)
+    N = len(sim.images)
+    with all_or_nothing():
+        files = {'particles': write_mrc(out / 'particles.mrcs', sim.images.numpy(), Apix=Apix, is_stack=True),
+                 'ctf': save_ctf(out / 'ctf.pkl', sim.ctf.numpy()),
+                 'poses': save_poses(out / 'poses.pkl', sim.rot.numpy(), sim.trans.numpy())}
+        files['star'] = write_star(out / 'particles.star', [(str(files['particles']), i) for i in range(N)], sim.ctf.numpy(),
+                                   sim.rot.numpy(), sim.trans.numpy())
+        if len(sim.volumes) == 1: files['volumes'] = [write_mrc(out / 'vol.mrc', sim.volumes[0].numpy(), Apix=Apix)]
+        else: files['volumes'] = [write_mrc(out / f'vol_{k:03d}.mrc', v.numpy(), Apix=Apix) for k, v in enumerate(sim.volumes)]
+        files['labels'] = save_pkl(out / 'labels.pkl', sim.labels.numpy().astype(np.int64))
+        files['u'] = save_pkl(out / 'u.pkl', sim.u.numpy().astype(np.float32))
+        d = {**config, 'n_junk': int((sim.labels == -1).sum())}
+        files['config'] = atomic_write(out / 'sim_config.yaml', lambda t: Path(t).write_text(yaml.safe_dump(d, sort_keys=False)))
     return files
