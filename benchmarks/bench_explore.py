@@ -10,7 +10,7 @@ table and the gallery), (3) the same for a box. Goals: < 5 s and < 1 s.
 
 The particles: a tiny run is trained (300 simulated images, 24 px, a few seconds), then widened to N particles for
 the explorer: z drawn from three Gaussian states and a curved continuous one, poses random, and each particle mapped
-onto one of the run's 300 images (`ind` repeats them), so the gallery reads real images. The table is built by
+onto one of the run's 300 images (image i mod 300), so the gallery reads real images. The table is built by
 `load_table` (PCA, k-means with 20 clusters, the ||z|| junk rule) before the timing starts, as `analyze` would have.
 Needs chromium (apt-get install -y chromium); one CPU thread for torch and the kernel's BLAS."""
 import argparse, dataclasses, json, sys, tempfile, time
@@ -56,6 +56,10 @@ def million_run(rundir, n:int=1_000_000, seed:int=0):
     rot = random_rotations(n, torch.Generator().manual_seed(seed)).numpy()
     big = dataclasses.replace(run, rot=rot, trans=rng.uniform(-0.02, 0.02, (n, 2)).astype(np.float32), z=z,
                               ind=(np.arange(n) % run.N).astype(np.int64), _cache={})
+    class Widened(type(run)):
+        "Particle i shows image i mod N of the small run (a stack may not select one image twice, so not through `ind`)."
+        def images(self, sel): return run.images(np.asarray(sel, np.int64) % run.N)
+    big.__class__ = Widened
     table, ccol = load_table(big)
     return big, table, ccol
 
@@ -120,7 +124,9 @@ def main(argv=None):
                                        return [r.left + xa._offset, r.top + ya._offset, xa._length, ya._length]; }''')
         state = '''() => { const i = [...document.querySelectorAll('.drgnai-explorer .widget-html-content')].find(e => e.innerText.includes('particles selected'));
                            const g = document.querySelector('.drgnai-explorer img'); const p = document.querySelector('.drgnai-explorer [data-points]');
-                           return {info: i ? i.innerText : '', img: g ? g.src.length + ':' + g.src.slice(-40) : '', sel: p.dataset.selected}; }'''
+                           const e = [...document.querySelectorAll('.drgnai-explorer .widget-html-content')].find(e => e.innerText.includes('unavailable'));
+                           return {info: i ? i.innerText : '', img: g ? g.src.length + ':' + g.src.slice(-40) : '', sel: p.dataset.selected,
+                                   err: e ? e.innerText : ''}; }'''
         lat = []
         shapes = [(0.25, 0.3, 0.3, 0.3), (0.5, 0.2, 0.35, 0.5), (0.15, 0.5, 0.5, 0.35), (0.4, 0.4, 0.2, 0.2)]
         for k in range(a.lassos + 1):
@@ -135,9 +141,10 @@ def main(argv=None):
             page.mouse.move(*pts[0]); page.mouse.down()
             for p in pts[1:]: page.mouse.move(*p, steps=6)
             t = time.time(); page.mouse.up()
-            page.wait_for_function(f'''(b) => {{ const s = ({state})(); return s.info !== b.info && s.img !== b.img && s.sel !== b.sel; }}''',
+            page.wait_for_function(f'''(b) => {{ const s = ({state})(); return (s.info !== b.info && s.img !== b.img && s.sel !== b.sel) || s.err; }}''',
                                    arg=before, polling='raf', timeout=60_000)
             dt = time.time() - t
+            if (err := page.evaluate(state)['err']): raise RuntimeError(f'the explorer reports: {err}')
             n_sel = kernel_eval(kc, 'len(ex.selected)') if k == 0 else None
             lat.append(dt)
             what = 'box' if k == a.lassos else f'lasso {k + 1}'
