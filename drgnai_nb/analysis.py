@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .io import (DrgnaiInputError, atomic_write, write_mrc, read_mrc, save_pkl, load_pkl, save_ind, load_ind,
+from .errors import DrgnaiInputError
+from .io import (atomic_write, write_mrc, read_mrc, save_pkl, load_pkl, save_ind, load_ind,
                           load_poses, load_ctf, write_star, write_cs, read_cs, particle_location_arrays,
                           load_checkpoint, resolve_run_path, as_array)
 from .models import VolumeConfig, make_volume, eval_volume

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .io import DrgnaiInputError
+from .errors import DrgnaiInputError
 from .lattice import Lattice
 from .so3 import random_rotations, expmap, rot_z
 from .forward import volume_to_ht, slice_volume

@@ -63,7 +63,7 @@ def new_parser(subparsers, # from `ArgumentParser.add_subparsers`
 
 # %% ../nbs/20_cli.ipynb #23a2a962
 def _input_error(msg:str):
-    from drgnai_nb.io import DrgnaiInputError
+    from drgnai_nb.errors import DrgnaiInputError
     return DrgnaiInputError(msg)
 
 def available_cores()->int:
@@ -136,7 +136,7 @@ def main(argv:list=None, # arguments (default: `sys.argv[1:]`)
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr); return 130
     except Exception as e:
-        from drgnai_nb.io import DrgnaiInputError
+        from drgnai_nb.errors import DrgnaiInputError
         from drgnai_nb.train import TrainingDiverged
         if isinstance(e, (DrgnaiInputError,) + _USER_ERRORS):
             print(f'{PROG}: error: {e}', file=sys.stderr); return 2

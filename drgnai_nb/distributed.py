@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from .io import DrgnaiInputError, MRCStack
+from .errors import DrgnaiInputError
+from .io import MRCStack
 from .models import render_slices
 from .data import buffered_shuffle
 from .train import (TrainConfig, Trainer, parse_set, AMP_MODES, amp_dtype, autocast_for, fp32_scores, AmpScaler,

@@ -17,7 +17,7 @@ import traitlets
 import anywidget
 import plotly
 import plotly.graph_objects as go
-from .io import DrgnaiInputError
+from .errors import DrgnaiInputError
 from .analysis import (Run, load_run, latent_pca, cluster_latent, particle_table, export_selection, junk_by_znorm,
                                 select_clusters)
 
