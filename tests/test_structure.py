@@ -20,8 +20,7 @@ KNOWN_LONG_MODULES = {'train'}
 KNOWN_LONG_CELLS = {('12_train.ipynb', 'f150f617'), ('12_train.ipynb', '7e416ea1')}
 KNOWN_EDGES = {('train', 'analysis')}  # train imports analysis.junk_by_fit (moved to `junk` there)
 # Being split on this branch (issue25-rest); each leaves this list when it is split.
-KNOWN_LONG_MODULES |= {'io', 'analysis', 'explore', 'atomic'}
-KNOWN_LONG_CELLS |= {('04_io.ipynb', '62891882')}
+KNOWN_LONG_MODULES |= {'analysis', 'explore', 'atomic'}
 
 
 def modules()->dict:
