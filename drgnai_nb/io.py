@@ -8,7 +8,8 @@ __all__ = ['MRC_READERS', 'atomic_write', 'all_or_nothing', 'MRCInfo', 'mrc_head
            'write_cs', 'read_txt_stacks', 'particle_location_arrays', 'particle_locations', 'read_particles',
            'SafeUnpickler', 'load_pkl', 'save_pkl', 'load_checkpoint', 'resolve_run_path', 'check_poses', 'load_poses',
            'save_poses', 'check_ctf', 'load_ctf', 'save_ctf', 'as_array', 'load_ind', 'save_ind', 'write_star',
-           'DrgnaiInputError']
+           'DrgnaiInputError', 'load_poses_any', 'load_ctf_any', 'has_poses', 'select_poses', 'stack_box',
+           'parse_metadata']
 
 # %% ../nbs/04_io.ipynb #7333cf1d
 # every name io had, public and private, from the module that now holds it
@@ -31,10 +32,13 @@ from drgnai_nb.pkl import (
     load_checkpoint, load_ctf, load_ind, load_pkl, load_poses, SafeUnpickler, save_ctf, save_ind, save_pkl,
     save_poses, _bytes_guard, _CKPT_GLOBALS, _GUARDED, _pickle_globals, _reconstruct_guard, _SAFE_GLOBALS,
     _STRING_OPS)
+from .metadata import (
+    has_poses, load_ctf_any, load_poses_any, parse_metadata, select_poses, stack_box)
 _all_ = [
     'MRC_READERS', 'atomic_write', 'all_or_nothing', 'MRCInfo', 'mrc_header', 'check_mrc_box', 'MRCStack',
     'read_mrc', 'write_mrc', 'StarFile', 'read_star', 'star_to_poses', 'star_to_ctf', 'read_cs', 'cs_to_poses',
     'cs_to_ctf', 'write_cs', 'read_txt_stacks', 'particle_location_arrays', 'particle_locations', 'read_particles',
     'SafeUnpickler', 'load_pkl', 'save_pkl', 'load_checkpoint', 'resolve_run_path', 'check_poses', 'load_poses',
     'save_poses', 'check_ctf', 'load_ctf', 'save_ctf', 'as_array', 'load_ind', 'save_ind', 'write_star',
-    'DrgnaiInputError']
+    'DrgnaiInputError',
+    'load_poses_any', 'load_ctf_any', 'has_poses', 'select_poses', 'stack_box', 'parse_metadata']
