@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['run_epochs', 'find_epoch', 'model_from_state', 'Run', 'load_run', 'write_volumes', 'read_z', 'robust_zscore',
            'junk_by_znorm', 'select_clusters', 'fit_gain', 'junk_by_fit', 'from_original', 'export_selection',
-           'viewing_directions', 'plot_pose_distribution', 'read_learning_curve', 'plot_learning_curve',
-           'particle_table', 'truth_metrics', 'half_map_fsc', 'ref_fsc', 'sklearn_threads', 'latent_pca',
-           'umap_available', 'embed_latent', 'Clusters', 'snap_to_particles', 'cluster_latent', 'pc_traversal',
-           'direct_traversal', 'graph_traversal', 'analyze', 'write_explore_notebook', 'plot_latent']
+           'choose_particles', 'viewing_directions', 'plot_pose_distribution', 'read_learning_curve',
+           'plot_learning_curve', 'particle_table', 'truth_metrics', 'half_map_fsc', 'ref_fsc', 'sklearn_threads',
+           'latent_pca', 'umap_available', 'embed_latent', 'Clusters', 'snap_to_particles', 'cluster_latent',
+           'pc_traversal', 'direct_traversal', 'graph_traversal', 'analyze', 'write_explore_notebook', 'plot_latent']
 
 # %% ../nbs/13_analysis.ipynb #a4808ebc
 import json, math, re, shutil
@@ -323,6 +323,44 @@ def export_selection(run:Run, # the loaded run
         res['cs'] = write_cs(out / f'{name}.cs', p, orig)
     elif cs: res['notes'].append('no .cs: the run did not read its particles from a cryoSPARC .cs')
     return res
+
+# %% ../nbs/13_analysis.ipynb #dc2edefb
+def choose_particles(run:Run, # the loaded run
+                     ind:str|Path|None=None, # index pickle of original indices to keep
+                     clusters:list|None=None, # cluster numbers of the k-means clustering with `kmeans` clusters
+                     kmeans:int=20, # the clustering `clusters` refers to (analyze.E/kmeansK/labels.pkl, computed if absent)
+                     junk_rule:str|None=None, # without `ind` / `clusters`: drop junk by 'fit' or 'znorm' now (None: analyze's junk.pkl, else 'fit')
+                     junk_threshold:float=3.5, # robust z-score threshold of the ||z|| rule
+                     exclude:bool=False, # drop the chosen particles instead of keeping them
+                     name:str|None=None, # the run as the user named it, for messages (default: its folder)
+                    )->tuple: # (run positions (n,) int64 ascending, what was chosen in words)
+    "The particles a filter keeps: original indices, whole clusters, or the non-junk; refuses an empty choice."
+    name = run.rundir if name is None else name
+    if ind is not None:
+        sel, what = from_original(run, load_ind(ind, allow_empty=False)), f'{ind}'
+    elif clusters is not None:
+        if run.z is None: raise DrgnaiInputError(f'{name}: homogeneous run (zdim 0) has no clusters')
+        f = run.rundir / f'analyze.{run.epoch}' / f'kmeans{kmeans}' / 'labels.pkl'
+        if f.exists(): labels = np.asarray(load_pkl(f))
+        else: labels = cluster_latent(run.z, kmeans).labels
+        if len(labels) != run.N: raise DrgnaiInputError(f'{f}: {len(labels)} labels, but the run has {run.N} particles')
+        sel, what = select_clusters(labels, clusters), f'clusters {clusters} of k-means k={kmeans}'
+    else:
+        f = run.rundir / f'analyze.{run.epoch}' / 'junk.pkl'
+        if junk_rule is None and f.exists():
+            junk, what = np.isin(np.arange(run.N), from_original(run, load_ind(f))), f'non-junk particles ({f})'
+        elif (junk_rule or 'fit') == 'fit':
+            junk = junk_by_fit(fit_gain(run, progress=False))[0]
+            what = 'non-junk particles (fit rule)'
+        else:
+            if run.z is None: raise DrgnaiInputError(f'{name}: homogeneous run (zdim 0); the ||z|| rule needs conformations')
+            junk, _ = junk_by_znorm(run.z, junk_threshold)
+            what = f'non-junk particles (||z|| rule, threshold {junk_threshold})'
+        sel = np.nonzero(~junk)[0]
+    if exclude: sel, what = np.setdiff1d(np.arange(run.N), sel), f'all but {what}'
+    sel = np.sort(sel)
+    if not len(sel): raise DrgnaiInputError(f'the selection ({what}) is empty; nothing to write')
+    return sel, what
 
 # %% ../nbs/13_analysis.ipynb #c5cc71a3
 def viewing_directions(rot:np.ndarray # (N, 3, 3) rotations

@@ -908,34 +908,13 @@ def add_filter(sub):
 def run_filter(args):
     import numpy as np
     from drgnai_nb import analysis as A
-    from drgnai_nb.io import load_ind, load_pkl, save_ind
+    from drgnai_nb.io import save_ind
     run = A.load_run(args.rundir, args.epoch)
-    if args.ind:
-        sel, what = A.from_original(run, load_ind(args.ind, allow_empty=False)), f'{args.ind}'
-    elif args.clusters:
+    cs = None
+    if args.clusters:
         try: cs = [int(c) for c in args.clusters.split(',') if c.strip()]
         except ValueError: raise _input_error(f'--clusters {args.clusters!r}: expected comma-separated integers, e.g. 0,2,5')
-        if run.z is None: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0) has no clusters')
-        f = run.rundir / f'analyze.{run.epoch}' / f'kmeans{args.kmeans}' / 'labels.pkl'
-        if f.exists(): labels = np.asarray(load_pkl(f))
-        else: labels = A.cluster_latent(run.z, args.kmeans).labels
-        if len(labels) != run.N: raise _input_error(f'{f}: {len(labels)} labels, but the run has {run.N} particles')
-        sel, what = A.select_clusters(labels, cs), f'clusters {cs} of k-means k={args.kmeans}'
-    else:
-        f = run.rundir / f'analyze.{run.epoch}' / 'junk.pkl'
-        if args.junk_rule is None and f.exists():
-            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f))), f'non-junk particles ({f})'
-        elif (args.junk_rule or 'fit') == 'fit':
-            junk = A.junk_by_fit(A.fit_gain(run, progress=False))[0]
-            what = 'non-junk particles (fit rule)'
-        else:
-            if run.z is None: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0); the ||z|| rule needs conformations')
-            junk, _ = A.junk_by_znorm(run.z, args.junk_threshold)
-            what = f'non-junk particles (||z|| rule, threshold {args.junk_threshold})'
-        sel = np.nonzero(~junk)[0]
-    if args.exclude: sel, what = np.setdiff1d(np.arange(run.N), sel), f'all but {what}'
-    sel = np.sort(sel)
-    if not len(sel): raise _input_error(f'the selection ({what}) is empty; nothing to write')
+    sel, what = A.choose_particles(run, args.ind, cs, args.kmeans, args.junk_rule, args.junk_threshold, args.exclude, args.rundir)
     res = A.export_selection(run, sel, args.outdir, args.name)
     rest = np.setdiff1d(np.arange(run.N), sel)
     save_ind(Path(args.outdir) / f'{args.name}_excluded.pkl', run.ind[rest])
