@@ -22,8 +22,6 @@ KNOWN_EDGES = {('train', 'analysis')}  # train imports analysis.junk_by_fit (mov
 # Not a dependency but a re-export: `analysis.__getattr__` hands out `report`'s names (`analysis.analyze`) on first use,
 # for the old imports; `report` itself builds on `analysis`. Kept for good.
 REEXPORT_EDGES = {('analysis', 'report')}
-# Being split on this branch (issue25-rest); each leaves this list when it is split.
-KNOWN_LONG_MODULES |= {'explore'}
 
 
 def modules()->dict:
