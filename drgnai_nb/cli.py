@@ -4,12 +4,11 @@
 
 # %% auto #0
 __all__ = ['PROG', 'COMMANDS', 'register', 'HelpFormatter', 'new_parser', 'available_cores', 'set_threads', 'build_parser',
-           'check_numbers', 'main', 'load_poses_any', 'load_ctf_any', 'add_simulate', 'run_simulate', 'add_parse',
-           'run_parse', 'add_downsample', 'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc',
-           'add_pose_error', 'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs',
-           'add_train', 'read_yaml_config', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo',
-           'add_analyze', 'run_analyze', 'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter',
-           'run_filter']
+           'check_numbers', 'main', 'add_simulate', 'run_simulate', 'add_parse', 'run_parse', 'add_downsample',
+           'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc', 'add_pose_error',
+           'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs', 'add_train',
+           'read_yaml_config', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo', 'add_analyze',
+           'run_analyze', 'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter', 'run_filter']
 
 # %% ../nbs/20_cli.ipynb #997e46e1
 import argparse
@@ -63,7 +62,7 @@ def new_parser(subparsers, # from `ArgumentParser.add_subparsers`
 
 # %% ../nbs/20_cli.ipynb #23a2a962
 def _input_error(msg:str):
-    from drgnai_nb.io import DrgnaiInputError
+    from drgnai_nb.errors import DrgnaiInputError
     return DrgnaiInputError(msg)
 
 def available_cores()->int:
@@ -136,7 +135,7 @@ def main(argv:list=None, # arguments (default: `sys.argv[1:]`)
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted', file=sys.stderr); return 130
     except Exception as e:
-        from drgnai_nb.io import DrgnaiInputError
+        from drgnai_nb.errors import DrgnaiInputError
         from drgnai_nb.train import TrainingDiverged
         if isinstance(e, (DrgnaiInputError,) + _USER_ERRORS):
             print(f'{PROG}: error: {e}', file=sys.stderr); return 2
@@ -149,38 +148,8 @@ def main(argv:list=None, # arguments (default: `sys.argv[1:]`)
 # %% ../nbs/20_cli.ipynb #00568173
 def _ext(path)->str: return Path(path).suffix.lower()
 
-def load_poses_any(path:str|Path, # pose pickle `(rot, trans)` / `rot`, RELION `.star` or cryoSPARC `.cs`
-                   N:int=None, # expected number of particles
-                   D:int=None, # box, pixels: used when the file does not say (a star without `_rlnImageSize`)
-                   Apix:float=None, # pixel size, Å: used when the file does not say
-                  )->tuple: # (rot (N, 3, 3) float32, trans (N, 2) float32 fraction of the box, or None)
-    "Poses from any supported file, checked (count, rotations, translations as box fractions)."
-    from drgnai_nb import io
-    ext = _ext(path)
-    if ext == '.star':
-        s = io.read_star(path)
-        if s.box is None and D is None: raise _input_error(f'{path}: no _rlnImageSize; pass the box size with -D')
-        rot, trans = io.star_to_poses(s, D=None if s.box is not None else D, Apix=None if s.apix is not None else Apix)
-    elif ext == '.cs': rot, trans = io.cs_to_poses(path)
-    else: return io.load_poses(path, N, D)
-    return io.check_poses(rot, trans, N, D, str(path))
-
-def load_ctf_any(path:str|Path, # CTF pickle (N, 9), RELION `.star` or cryoSPARC `.cs`
-                 N:int=None, # expected number of particles
-                 D:int=None, # box, pixels: used when the file does not say
-                 Apix:float=None, # pixel size, Å: used when the file does not say
-                ): # (N, 9) float32 array
-    "CTF parameters from any supported file, checked."
-    from drgnai_nb import io
-    ext = _ext(path)
-    if ext == '.star':
-        s = io.read_star(path)
-        if s.box is None and D is None: raise _input_error(f'{path}: no _rlnImageSize; pass the box size with -D')
-        if s.apix is None and Apix is None: raise _input_error(f'{path}: no pixel size in the star file; pass --Apix')
-        ctf = io.star_to_ctf(s, D=None if s.box is not None else D, Apix=None if s.apix is not None else Apix)
-    elif ext == '.cs': ctf = io.cs_to_ctf(path)
-    else: return io.load_ctf(path, N)
-    return io.check_ctf(ctf, N, str(path))
+# poses and CTF from any file: library functions (`metadata`), kept here under their old names
+from .metadata import load_poses_any, load_ctf_any
 
 def _not_input(out, *inputs):
     "Refuse an output path that is one of the inputs."
@@ -344,47 +313,17 @@ def add_parse(sub):
 
 def _stack_box(path, datadir)->int|None:
     "Box size from the header of the first image stack of a particle file, or None when the stacks are not found."
-    from drgnai_nb import io
-    try:
-        stacks, _, _ = io.particle_location_arrays(path, datadir)
-        return io.mrc_header(stacks[0]).D
-    except io.DrgnaiInputError: return None
+    from drgnai_nb.metadata import stack_box
+    return stack_box(path, datadir)
 
 def run_parse(args):
-    import numpy as np
     from drgnai_nb import io
     src, ext = args.input, _ext(args.input)
     if not (args.poses or args.ctf): raise _input_error('parse: nothing to write; give --poses P.pkl and/or --ctf C.pkl')
     if ext not in ('.star', '.cs'): raise _input_error(f'{src}: unknown metadata file type {Path(src).suffix!r}; expected .star or .cs')
     _not_input(args.poses, src); _not_input(args.ctf, src)
-    rot = trans = ctf = None
-    if ext == '.star':
-        s = io.read_star(src)
-        D = args.D
-        if D is None and s.box is None:
-            D = _stack_box(src, args.datadir)
-            if D is None: raise _input_error(f'{src}: the box size is unknown (no _rlnImageSize, and the image stacks '
-                                             f'were not found to read it from); pass -D BOX or --datadir')
-        if args.ctf and args.Apix is None and s.apix is None:
-            raise _input_error(f'{src}: the pixel size is unknown (no _rlnImagePixelSize, nor _rlnDetectorPixelSize with '
-                               f'_rlnMagnification); pass --Apix')
-        if args.poses: rot, trans = io.star_to_poses(s, D, args.Apix)
-        if args.ctf: ctf = io.star_to_ctf(s, D, args.Apix, args.kv, args.cs, args.w, args.ps)
-        N = len(s)
-        Ds = np.full(N, D) if D is not None else s.box
-        Apixs = np.full(N, args.Apix) if args.Apix is not None else s.apix
-    else:
-        a = io.read_cs(src)
-        if args.poses: rot, trans = io.cs_to_poses(src, args.D)
-        if args.ctf:
-            ctf = io.cs_to_ctf(src, args.D, args.Apix)
-            for j, v in ((5, args.kv), (6, args.cs), (7, args.w), (8, args.ps)):
-                if v is not None: ctf[:, j] = v
-        N = len(a)
-        Ds = np.full(N, args.D) if args.D is not None else io._cs_box(a, None, src)
-        Apixs = np.full(N, args.Apix) if args.Apix is not None else (a['blob/psize_A'] if 'blob/psize_A' in a.dtype.names else None)
-    if rot is not None: rot, trans = io.check_poses(rot, trans, src=src)
-    if ctf is not None: ctf = io.check_ctf(ctf, src=src)
+    m = io.parse_metadata(src, bool(args.poses), bool(args.ctf), args.D, args.Apix, args.kv, args.cs, args.w, args.ps, args.datadir)
+    rot, trans, ctf, N, Ds, Apixs = m['rot'], m['trans'], m['ctf'], m['N'], m['D'], m['Apix']
     if rot is not None: io.save_poses(args.poses, rot, trans)
     if ctf is not None: io.save_ctf(args.ctf, ctf)
     print(f'parsed {N} particles from {src}: D={_values(Ds)} px, Apix={"unknown" if Apixs is None else _values(Apixs)} Å')
@@ -424,9 +363,7 @@ def run_downsample(args):
         if _ext(args.particles) not in ('.star', '.cs'):
             raise _input_error(f'--write-star needs a .star or .cs input (for the CTF), got {args.particles}')
         ctf = load_ctf_any(args.particles, src.n_total, src.D, src.Apix)[src.indices].astype(np.float64)
-        has_poses = ('rlnAngleRot' in io.read_star(args.particles).particles.columns if _ext(args.particles) == '.star'
-                     else 'alignments3D/pose' in io.read_cs(args.particles).dtype.names)
-        if has_poses: rot, trans = load_poses_any(args.particles, src.n_total, src.D, src.Apix)
+        if io.has_poses(args.particles): rot, trans = load_poses_any(args.particles, src.n_total, src.D, src.Apix)
         if rot is not None: rot = rot[src.indices]; trans = None if trans is None else trans[src.indices]
         ctf[:, 1] = ctf[:, 1] * ctf[:, 0] / d; ctf[:, 0] = d
     new_apix = src.Apix * src.D / d
@@ -576,11 +513,7 @@ def run_pose_error(args):
     rt, tt = load_poses_any(args.gt, D=D)
     if args.ind:
         ind = io.load_ind(args.ind, allow_empty=False)
-        def _sel(r, t):
-            if len(r) == len(ind): return r, t
-            io._check_indices(ind, len(r), args.ind)
-            return r[ind], (None if t is None else t[ind])
-        rp, tp = _sel(rp, tp); rt, tt = _sel(rt, tt)
+        rp, tp = io.select_poses(rp, tp, ind, args.ind); rt, tt = io.select_poses(rt, tt, ind, args.ind)
     if len(rp) != len(rt):
         raise _input_error(f'{args.pred} has {len(rp)} poses but {args.gt} has {len(rt)}; give --ind IND.pkl if one is a subset')
     use_t = tp is not None and tt is not None
@@ -975,34 +908,13 @@ def add_filter(sub):
 def run_filter(args):
     import numpy as np
     from drgnai_nb import analysis as A
-    from drgnai_nb.io import load_ind, load_pkl, save_ind
+    from drgnai_nb.io import save_ind
     run = A.load_run(args.rundir, args.epoch)
-    if args.ind:
-        sel, what = A.from_original(run, load_ind(args.ind, allow_empty=False)), f'{args.ind}'
-    elif args.clusters:
+    cs = None
+    if args.clusters:
         try: cs = [int(c) for c in args.clusters.split(',') if c.strip()]
         except ValueError: raise _input_error(f'--clusters {args.clusters!r}: expected comma-separated integers, e.g. 0,2,5')
-        if run.z is None: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0) has no clusters')
-        f = run.rundir / f'analyze.{run.epoch}' / f'kmeans{args.kmeans}' / 'labels.pkl'
-        if f.exists(): labels = np.asarray(load_pkl(f))
-        else: labels = A.cluster_latent(run.z, args.kmeans).labels
-        if len(labels) != run.N: raise _input_error(f'{f}: {len(labels)} labels, but the run has {run.N} particles')
-        sel, what = A.select_clusters(labels, cs), f'clusters {cs} of k-means k={args.kmeans}'
-    else:
-        f = run.rundir / f'analyze.{run.epoch}' / 'junk.pkl'
-        if args.junk_rule is None and f.exists():
-            junk, what = np.isin(np.arange(run.N), A.from_original(run, load_ind(f))), f'non-junk particles ({f})'
-        elif (args.junk_rule or 'fit') == 'fit':
-            junk = A.junk_by_fit(A.fit_gain(run, progress=False))[0]
-            what = 'non-junk particles (fit rule)'
-        else:
-            if run.z is None: raise _input_error(f'{args.rundir}: homogeneous run (zdim 0); the ||z|| rule needs conformations')
-            junk, _ = A.junk_by_znorm(run.z, args.junk_threshold)
-            what = f'non-junk particles (||z|| rule, threshold {args.junk_threshold})'
-        sel = np.nonzero(~junk)[0]
-    if args.exclude: sel, what = np.setdiff1d(np.arange(run.N), sel), f'all but {what}'
-    sel = np.sort(sel)
-    if not len(sel): raise _input_error(f'the selection ({what}) is empty; nothing to write')
+    sel, what = A.choose_particles(run, args.ind, cs, args.kmeans, args.junk_rule, args.junk_threshold, args.exclude, args.rundir)
     res = A.export_selection(run, sel, args.outdir, args.name)
     rest = np.setdiff1d(np.arange(run.N), sel)
     save_ind(Path(args.outdir) / f'{args.name}_excluded.pkl', run.ind[rest])

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from .fft import ht2_center, iht2_center, symmetrize_ht, crop_ht
-from .io import (DrgnaiInputError, MRCStack, particle_location_arrays, read_star, read_cs, write_mrc,
+from .errors import DrgnaiInputError
+from .io import (MRCStack, particle_location_arrays, read_star, read_cs, write_mrc,
                           load_ind, atomic_write, _check_indices)
 
 # %% ../nbs/05_data.ipynb #b5249f57

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from .io import DrgnaiInputError
+from .errors import DrgnaiInputError
 
 # %% ../nbs/08_metrics.ipynb #06470f4d
 def _np64(x, name:str)->np.ndarray:

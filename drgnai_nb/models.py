@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from .fft import ihtn_center, crop_ht
-from .io import DrgnaiInputError, write_mrc
+from .errors import DrgnaiInputError
+from .io import write_mrc
 
 # %% ../nbs/10_models.ipynb #fd07b00a
 _KINDS, _PE_TYPES, _DOMAINS = ('neural', 'voxel'), ('gaussian', 'geom'), ('hartley',)

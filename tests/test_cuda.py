@@ -52,7 +52,7 @@ def test_pose_search_gpu_matches_cpu():
     from drgnai_nb.lattice import Lattice
     from drgnai_nb.so3 import random_rotations, geodesic_distance
     from drgnai_nb.hps import HPSConfig, pose_search
-    from drgnai_nb.distributed import cache_from_model
+    from drgnai_nb.train import cache_from_model
     D = 32
     vol = make_volume(VolumeConfig(D, z_dim=0, layers=2, hidden_dim=64, pe_dim=16, seed=1))
     R = random_rotations(96, torch.Generator().manual_seed(2))

@@ -8,8 +8,8 @@ import torch
 import yaml
 from drgnai_nb.io import load_checkpoint, load_poses, load_pkl, read_mrc
 from drgnai_nb.simulate import SimConfig, simulate_to_dir
-from drgnai_nb.train import TrainConfig, Trainer, latest_epoch
-from drgnai_nb.distributed import amp_dtype, autocast_for, cache_from_model, make_trainer
+from drgnai_nb.train import TrainConfig, Trainer, latest_epoch, amp_dtype, autocast_for, cache_from_model
+from drgnai_nb.distributed import make_trainer
 
 SMALL = dict(dim=32, pe_dim=8, layers=2, lr=1e-3, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, refine_levels=2,
              device='cpu')  # gloo on the CPU, also where a GPU is present (NCCL needs one GPU per process)
