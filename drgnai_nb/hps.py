@@ -23,7 +23,9 @@ class VolumeCache:
                  radius:float, # band limit to cover, lattice pixels (frequencies |k| <= radius/D)
                  oversample:int=1, # samples per lattice pixel along each axis
                  chunk:int|None=2**15, # points per call of `fn` (None: one call with every point, in point-symmetric order)
-                 device=None, dtype=torch.float32):
+                 device=None, # torch device of the samples (None: CPU)
+                 dtype=torch.float32, # dtype of the samples
+                ):
         L = int(math.ceil(radius)) + 1
         n = 2 * L * oversample + 1
         self.D, self.radius, self.extent = D, radius, L / D  # cube spans [-extent, extent] cycles/pixel
@@ -208,7 +210,7 @@ def local_refine(images:Tensor, # (B, D+1, D+1) normalised symmetrised Hartley i
                  delta_deg:float=1.0, # first rotation step, degrees (halved each level)
                  shift_step:float=0.25, # first shift step, pixels (halved each level)
                  n_levels:int=4, # number of halvings
-                 lattice:Lattice=None,
+                 lattice:Lattice=None, # Lattice(D+1) of the images (None: made from the image size)
                 )->tuple: # (R (B, 3, 3), t (B, 2) pixels, err (B,))
     "Greedy local search of rotation and shift around given poses, with step halving."
     from drgnai_nb.so3 import expmap
