@@ -44,11 +44,12 @@ class VolumeCache:
 
     @classmethod
     def from_model(cls,
-                   model, # `models.NeuralVolume` or `VoxelVolume`
+                   model, # a NeuralVolume or VoxelVolume (module models)
                    D:int, # box size, pixels
                    radius:float, # band limit to cover, lattice pixels
                    z:Tensor=None, # (G, z_dim) conformations: one cached volume each (None: homogeneous)
-                   oversample:int=1):
+                   oversample:int=1, # samples per lattice pixel along each axis (2: the trainer's refinement cache)
+                  ):
         "Cache of a volume model (one volume per conformation), one decoder evaluation per pair ±k."
         from drgnai_nb.models import render_slices
         dev = next(iter(list(model.parameters()) + list(model.buffers()))).device
@@ -104,7 +105,9 @@ class HPSConfig:
         if self.t_extent < 0 or self.t_n_grid < 1: raise ValueError('t_extent must be >= 0 px and t_n_grid >= 1')
 
     @classmethod
-    def cpu(cls, **kw):
+    def cpu(cls,
+            **kw, # any other HPSConfig field, overriding the CPU sizes
+           )->'HPSConfig':
         "The laptop-CPU size of the reference benchmark: order-1 base grid, band limit 12 → 16 over 3 levels, 4 kept poses, ±8 px."
         return cls(**{**dict(base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0, t_n_grid=7), **kw})
 

@@ -58,7 +58,10 @@ class VolumeConfig:
         if not is_int(self.seed): bad('seed', 'an integer')
 
     @classmethod
-    def cpu(cls, D:int, **kw)->'VolumeConfig':
+    def cpu(cls,
+            D:int, # box size, pixels
+            **kw, # any other VolumeConfig field, overriding the CPU sizes
+           )->'VolumeConfig':
         "The CPU-sized neural volume: a 3 × 128 decoder with `pe_dim` 32 (override any field with `kw`)."
         return cls(D, **{**dict(layers=3, hidden_dim=128, pe_dim=32), **kw})
 

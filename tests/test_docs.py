@@ -195,6 +195,7 @@ _TEMPLATE = r'''{%- extends 'lab/index.html.j2' -%}
 {% block jupyter_widgets %}{% endblock %}
 {%- block html_head_js_mathjax -%}{%- endblock -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock -%}
+{% block rawcell scoped %}<div class="cell-markdown">{{ cell.source }}</div>{% endblock rawcell %}
 {% block extra_css %}
 <link rel="stylesheet" href="{{ resources.site.root }}styles.css">
 {{ resources.site.head }}
