@@ -1,15 +1,25 @@
-"""The documentation site's pipeline, without Quarto (which cannot be installed here).
+"""The documentation site as `nbdev_docs` (nbdev's processing + `quarto render`) would build it; Quarto itself cannot
+be installed here.
 
-`nbdev_docs` = nbdev's notebook processing (`proc_nbs`: show_doc pages, hidden cells dropped, directives) + `quarto
-render`. This test runs the first part exactly as nbdev does (`nbdev.serve._proc_file` + `nbdev.serve_drv.main`, the
-`FilterDefaults` processors, two spawned workers) on a copy of `nbs/`, renders every processed page to HTML with
-nbconvert the way Quarto would treat the stored outputs (directives honoured, plotly embedded, nothing fetched from the
-network), adds the sidebar from `nbs/sidebar.yml`, and opens every page in headless Chromium (Debian's `chromium`,
-driven by Playwright through `tests/browser.py`, the project's one browser driver): no JavaScript or console errors,
-every figure shown, every local link (sidebar, cross-page, nbdev's doc links) resolves to a page.
-Screenshots of the home page and one tutorial (or notebook) page go to `docs_check/` (git-ignored).
+1. nbdev's processing runs exactly as nbdev does (`nbdev.serve._proc_file` + `nbdev.serve_drv.main`, the
+   `FilterDefaults` processors, two spawned workers) on a copy of `nbs/`.
+2. Each processed page is built as Quarto would build it: Quarto's directives (`include`, `echo`, `output`, `asis`),
+   its choice among an output's representations (a widget view wins over text, so a widget without saved state shows
+   nothing), pandoc for every markdown part (math only where pandoc's `$` rules find it, heading ids by pandoc's
+   auto_identifiers) and nbconvert for code and outputs. The head holds what Quarto's would and nothing more: MathJax 3
+   from pandoc's default address and `format.html.include-in-header` of `_quarto.yml` (plotly.js comes from there;
+   nothing is injected by the test).
+3. Every page opens in headless Chromium (Debian's `chromium` through Playwright, `tests/browser.py`), offline: the
+   CDN requests of MathJax and plotly.js are answered from local copies (sphinx-mathjax-offline, the plotly package's
+   bundle, at the version `_quarto.yml` names). Checked: no JavaScript or console errors, every figure shown, every
+   plotly figure drawn, MathJax typesets every math span without TeX errors and no `$` is left in the text outside
+   code, every local link reaches an existing page and an existing anchor.
+Also: every show_doc parameter has a docment and no docment renders a raw link (`tools/check_docments.py`), no machine
+path in stored outputs, plotly.js in `_quarto.yml` when figures need it. `DOCS_TEST_NBS=DIR` checks another nbs/ (a
+checkout of main, say). Screenshots of the home page and one tutorial page go to `docs_check/` (git-ignored).
 
-Skips when chromium is missing, except in CI (`CI` set), where `.ci/run` installs it."""
+Skips when chromium, pandoc (pypandoc-binary) or MathJax (sphinx-mathjax-offline) is missing, except in CI (`CI`
+set), where `.ci/run` installs chromium and the dev extras bring the rest."""
 import ast, json, os, re, shutil, subprocess, sys, time, warnings
 from configparser import ConfigParser
 from pathlib import Path
