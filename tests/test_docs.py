@@ -285,12 +285,16 @@ def _quartoish(nb):
     "Apply what Quarto does with a processed notebook; return (notebook, frontmatter, problems, figures)."
     import nbformat
     fm, problems, figs = {}, [], 0
-    cells, md = [], []  # md: (raw cell, markdown) rendered by pandoc afterwards
+    cells, md = [], []  # md: (where the HTML goes, markdown), rendered by pandoc afterwards
     states = (nb.metadata.get('widgets', {}).get(WIDGET_STATE, {}) or {}).get('state', {})
 
     def markdown(src):
         c = nbformat.v4.new_raw_cell('', metadata={'raw_mimetype': 'text/html'})
-        cells.append(c); md.append((c, src))
+        cells.append(c); md.append((lambda html: setattr(c, 'source', html), src))
+
+    def markdown_output(data):  # a text/markdown output: Quarto renders it with pandoc like the rest of the page
+        def put(html): data.pop('text/markdown'); data['text/html'] = html
+        md.append((put, data['text/markdown']))
 
     for c in nb.cells:
         if c.cell_type == 'raw' and c.source.startswith('---'):
@@ -321,12 +325,14 @@ def _quartoish(nb):
             if PLOTLY_MIME in data and 'text/html' not in data:
                 problems.append(f'cell {c.get("id")}: plotly figure stored only as {PLOTLY_MIME}; Quarto cannot show '
                                 "it. Store its HTML (e.g. pio.renderers.default = 'notebook')")
+            if 'text/markdown' in data and not data.keys() & {'text/html', WIDGET_MIME, 'application/javascript'}:
+                markdown_output(data)
             html = data.get('text/html', '')
             html = ''.join(html) if isinstance(html, list) else html
             if 'Plotly.newPlot' in html or PLOTLY_MIME in data: figs += 1
             figs += sum(k.startswith('image/') for k in data)
         cells.append(c)
-    for (c, _), html in zip(md, pandoc_html([s for _, s in md])): c.source = html
+    for (put, _), html in zip(md, pandoc_html([s for _, s in md])): put(html)
     nb.cells = cells
     nb.metadata.pop('widgets', None)
     return nb, fm, problems, figs
