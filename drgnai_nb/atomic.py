@@ -139,7 +139,7 @@ class AtomicSimConfig:
     junk_fraction: float = 0.0 # fraction of junk particles
     seed: int = 0 # random seed
     oversample: int = 2 # fine grid of the map rendering / output grid
-    pad: int = 4 # Fourier oversampling of the maps for slicing (error check: `fourier_vs_real_error`)
+    pad: int = 4 # Fourier oversampling of the maps for slicing (error check: fourier_vs_real_error)
     batch_size: int = 128 # images per batch
 
     def __post_init__(self):
@@ -286,7 +286,7 @@ def simulate_atomic(cfg:AtomicSimConfig, # the simulation settings
 def simulate_atomic_to_dir(cfg:AtomicSimConfig, # simulation settings
                            outdir:str|Path, # output folder (created)
                            overwrite:bool=False, # replace an existing dataset
-                           progress:bool=True,
+                           progress:bool=True, # show progress bars
                           )->dict: # paths of the files written
     "Simulate from atomic models and write the built-in simulator's files (stack, star, CTF, poses, volumes, labels, u, config)."
     out = Path(outdir)

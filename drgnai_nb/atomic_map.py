@@ -181,7 +181,7 @@ def project_atoms(model:AtomicModel, # the atoms
                   bfactor:float=50.0, # B-factor added to every atom, Å²
                   model_bfactors:bool=False, # also add the atoms' own B-factors
                   oversample:int=2, # fine grid / output grid
-                 )->Tensor: # (B, D, D) float64 projections `[y, x]`, in `forward.project` units (voxel sums of `atomic_volume`)
+                 )->Tensor: # (B, D, D) float64 projections `[y, x]`, in forward.project units (voxel sums of atomic_volume)
     "Real-space projections straight from the atoms (no volume, no interpolation): the reference for the Fourier-slice ones."
     c = model.centre_of_mass() if centre is None else torch.as_tensor(centre, dtype=torch.float64)
     a, bb = _terms(model, bfactor, model_bfactors)
@@ -253,7 +253,7 @@ class RigidMotion:
         return AtomicModel(xyz, model.a, model.b, model.bfac, model.mass, model.keys, model.chain, model.source)
 
 def make_motion(model:AtomicModel, # the model
-                moving:np.ndarray, # (J,) bool atoms that move (`select_atoms`)
+                moving:np.ndarray, # (J,) bool atoms that move (from select_atoms)
                 angle:float=40.0, # turn at u = 1, degrees
                 axis:Tensor|None=None, # (3,) axis (any length); None: normal to the hinge/arm/body plane
                 hinge:Tensor|None=None, # (3,) Å; None: centroid of the moving atoms within `contact` Å of the rest

@@ -98,7 +98,7 @@ class VoxelBackprojector:
     def __init__(self,
                  D:int, # box size of the images (even)
                  pad:int=2, # oversampling: images are zero-padded to pad*D before gridding
-                 device=None,
+                 device=None, # torch device of the accumulators (None: CPU)
                  dtype=torch.float64, # accumulation precision
                  groups:int=2): # image groups accumulated apart (2: half sets; k: cross-validation folds)
         if D % 2: raise ValueError(f'box size must be even, got {D}')
@@ -169,8 +169,8 @@ def backproject_dataset(ds, # `data.ParticleDataset` (preprocessed images)
                         batch_size:int=256, # images per batch
                         pad:int=2, # oversampling of the gridding
                         reg:float=1e-3, # Wiener regulariser (fraction of mean weight)
-                        device=None,
-                        progress:bool=True,
+                        device=None, # torch device for the gridding (None: CPU)
+                        progress:bool=True, # show a progress bar over the batches
                        )->dict: # {'full', 'half1', 'half2'}: (D, D, D) float32 volumes; 'count': images used
     "CTF-weighted voxel backprojection of a particle dataset with known poses, with even/odd half maps."
     from tqdm.auto import tqdm

@@ -23,7 +23,9 @@ class VolumeCache:
                  radius:float, # band limit to cover, lattice pixels (frequencies |k| <= radius/D)
                  oversample:int=1, # samples per lattice pixel along each axis
                  chunk:int|None=2**15, # points per call of `fn` (None: one call with every point, in point-symmetric order)
-                 device=None, dtype=torch.float32):
+                 device=None, # torch device of the samples (None: CPU)
+                 dtype=torch.float32, # dtype of the samples
+                ):
         L = int(math.ceil(radius)) + 1
         n = 2 * L * oversample + 1
         self.D, self.radius, self.extent = D, radius, L / D  # cube spans [-extent, extent] cycles/pixel
@@ -42,11 +44,12 @@ class VolumeCache:
 
     @classmethod
     def from_model(cls,
-                   model, # `models.NeuralVolume` or `VoxelVolume`
+                   model, # a NeuralVolume or VoxelVolume (module models)
                    D:int, # box size, pixels
                    radius:float, # band limit to cover, lattice pixels
                    z:Tensor=None, # (G, z_dim) conformations: one cached volume each (None: homogeneous)
-                   oversample:int=1):
+                   oversample:int=1, # samples per lattice pixel along each axis (2: the trainer's refinement cache)
+                  ):
         "Cache of a volume model (one volume per conformation), one decoder evaluation per pair ±k."
         from drgnai_nb.models import render_slices
         dev = next(iter(list(model.parameters()) + list(model.buffers()))).device
@@ -102,7 +105,9 @@ class HPSConfig:
         if self.t_extent < 0 or self.t_n_grid < 1: raise ValueError('t_extent must be >= 0 px and t_n_grid >= 1')
 
     @classmethod
-    def cpu(cls, **kw):
+    def cpu(cls,
+            **kw, # any other HPSConfig field, overriding the CPU sizes
+           )->'HPSConfig':
         "The laptop-CPU size of the reference benchmark: order-1 base grid, band limit 12 → 16 over 3 levels, 4 kept poses, ±8 px."
         return cls(**{**dict(base_order=1, n_levels=3, l_start=12, l_end=16, n_kept=4, t_extent=8.0, t_n_grid=7), **kw})
 
@@ -208,7 +213,7 @@ def local_refine(images:Tensor, # (B, D+1, D+1) normalised symmetrised Hartley i
                  delta_deg:float=1.0, # first rotation step, degrees (halved each level)
                  shift_step:float=0.25, # first shift step, pixels (halved each level)
                  n_levels:int=4, # number of halvings
-                 lattice:Lattice=None,
+                 lattice:Lattice=None, # Lattice(D+1) of the images (None: made from the image size)
                 )->tuple: # (R (B, 3, 3), t (B, 2) pixels, err (B,))
     "Greedy local search of rotation and shift around given poses, with step halving."
     from drgnai_nb.so3 import expmap

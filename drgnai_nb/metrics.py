@@ -101,7 +101,7 @@ class FSCResult:
         r5, r1 = self.resolution(0.5), self.resolution(0.143)
         return f'FSCResult(D={self.D}, Apix={self.Apix:g}; {r5}; {r1}; AUC={self.auc:.3f})'
 
-def resolution(fsc_result:FSCResult, # from `fsc`
+def resolution(fsc_result:FSCResult, # the result of fsc
                threshold:float=0.143, # FSC threshold
               )->Resolution:
     "First crossing of `fsc_result.fsc` below `threshold`, interpolated linearly between shells; nan shells are skipped."
@@ -121,7 +121,7 @@ def resolution(fsc_result:FSCResult, # from `fsc`
 # %% ../nbs/08_metrics.ipynb #9925964a
 def fsc(vol1, # (D, D, D) real volume, tensor or array, [z, y, x]
         vol2, # (D, D, D) real volume on the same grid
-        mask=None, # optional (D, D, D) real-space mask multiplied into both volumes, e.g. `spherical_mask`
+        mask=None, # optional (D, D, D) real-space mask multiplied into both volumes, e.g. from spherical_mask
         Apix:float=1.0, # pixel size, Å (only for the Å figures)
        )->FSCResult:
     "Fourier shell correlation of two cubic volumes over integer shells 0..D//2 (frequency s/D cycles/pixel)."

@@ -32,7 +32,7 @@ class VolumeConfig:
     hidden_dim: int = 256 # width of the decoder (DRGN-AI `hypervolume_dim`)
     pe_type: str = 'gaussian' # 'gaussian' random Fourier features, or 'geom' deterministic log-spaced axis frequencies
     pe_dim: int = 64 # encoding size: 3·pe_dim frequency vectors -> 6·pe_dim features
-    feat_sigma: float = 0.5 # std of the random frequencies, in DRGN-AI's units (see `GaussianFourierFeatures`)
+    feat_sigma: float = 0.5 # std of the random frequencies, in DRGN-AI's units (see GaussianFourierFeatures)
     domain: str = 'hartley' # output domain; only Hartley is supported (as in DRGN-AI)
     include_coords: bool = False # also feed the raw coordinates k to the decoder (DRGN-AI does not)
     symmetric: bool = True # neural kind: two outputs (a, b) on the half-space, H(k) = a - b, H(-k) = a + b (see below)
@@ -59,14 +59,18 @@ class VolumeConfig:
         if not is_int(self.seed): bad('seed', 'an integer')
 
     @classmethod
-    def cpu(cls, D:int, **kw)->'VolumeConfig':
+    def cpu(cls,
+            D:int, # box size, pixels
+            **kw, # any other VolumeConfig field, overriding the CPU sizes
+           )->'VolumeConfig':
         "The CPU-sized neural volume: a 3 × 128 decoder with `pe_dim` 32 (override any field with `kw`)."
         return cls(D, **{**dict(layers=3, hidden_dim=128, pe_dim=32), **kw})
 
     def to_dict(self)->dict: return asdict(self)
 
 # %% ../nbs/10_models.ipynb #78fba639
-def no_autocast(x:Tensor):
+def no_autocast(x:Tensor, # any tensor on the device whose autocast is switched off
+               ):
     "A context with autocast off on `x`'s device: under mixed precision, coordinates and phases stay float32."
     return torch.autocast(x.device.type, enabled=False) if x.device.type in ('cpu', 'cuda') else contextlib.nullcontext()
 
@@ -101,14 +105,19 @@ class GaussianFourierFeatures(FourierFeatures):
                  pe_dim:int=64, # 3·pe_dim random vectors -> 6·pe_dim features
                  feat_sigma:float=0.5, # std in DRGN-AI's units (angular frequency per unit k, divided by D/2)
                  seed:int=0, # seed of the random matrix
-                 include_coords:bool=False):
+                 include_coords:bool=False, # append the raw coordinates k to the features
+                ):
         g = torch.Generator().manual_seed(seed)
         omega = torch.randn(3 * pe_dim, 3, generator=g, dtype=torch.float64) * feat_sigma
         super().__init__(omega * (D // 2) / (2 * math.pi), include_coords)
 
 class GeomFourierFeatures(FourierFeatures):
     "Deterministic axis-aligned features: `pe_dim` angular frequencies per axis, log-spaced from D/2 down to 1 (cryoDRGN `geom_lowf`)."
-    def __init__(self, D:int, pe_dim:int=64, include_coords:bool=False):
+    def __init__(self,
+                 D:int, # box size, pixels (sets the highest angular frequency, D/2 per unit k)
+                 pe_dim:int=64, # frequencies per axis -> 6·pe_dim features
+                 include_coords:bool=False, # append the raw coordinates k to the features
+                ):
         w = (D // 2) * (1.0 / (D // 2)) ** (torch.arange(pe_dim, dtype=torch.float64) / (pe_dim - 1))  # radians per unit k
         B = (torch.eye(3, dtype=torch.float64)[:, None, :] * w[None, :, None]).reshape(-1, 3) / (2 * math.pi)
         super().__init__(B, include_coords)
@@ -154,7 +163,9 @@ def _radius_mask(k:Tensor, radius:float|None)->Tensor|None:
 
 class NeuralVolume(nn.Module):
     "DRGN-AI's hypervolume `V_θ(k, z)`: Fourier features of `k`, concatenated with `z`, through a residual MLP."
-    def __init__(self, cfg:VolumeConfig):
+    def __init__(self,
+                 cfg:VolumeConfig, # settings with kind='neural' (box, latent size, encoding, decoder shape, seed)
+                ):
         super().__init__()
         if cfg.kind != 'neural': raise DrgnaiInputError(f"VolumeConfig.kind: NeuralVolume needs 'neural', got {cfg.kind!r}")
         self.cfg = cfg
@@ -222,7 +233,9 @@ class NeuralVolume(nn.Module):
 # %% ../nbs/10_models.ipynb #e9fb3aa0
 class VoxelVolume(nn.Module):
     "An explicit, learnable symmetrised Hartley grid `(D+1)³` `[z, y, x]` with the `NeuralVolume` interface (homogeneous)."
-    def __init__(self, cfg:VolumeConfig):
+    def __init__(self,
+                 cfg:VolumeConfig, # settings with kind='voxel' (box D, seed, voxel_scale, mask_radius)
+                ):
         super().__init__()
         if cfg.kind != 'voxel': raise DrgnaiInputError(f"VolumeConfig.kind: VoxelVolume needs 'voxel', got {cfg.kind!r}")
         self.cfg = cfg
@@ -264,11 +277,13 @@ class VoxelVolume(nn.Module):
         return 16
 
 # %% ../nbs/10_models.ipynb #88d3bf64
-def make_volume(cfg:VolumeConfig)->nn.Module:
+def make_volume(cfg:VolumeConfig, # the settings; cfg.kind picks the model
+               )->nn.Module:
     "The model a config describes: `NeuralVolume` or `VoxelVolume`."
     return NeuralVolume(cfg) if cfg.kind == 'neural' else VoxelVolume(cfg)
 
-def flops_per_point(model:nn.Module)->int:
+def flops_per_point(model:nn.Module, # a NeuralVolume or VoxelVolume
+                   )->int:
     "Multiply-adds × 2 of one query point `V(k, z)` (encoding projection + MLP; the per-image z term excluded)."
     return model.flops_per_point()
 
@@ -368,7 +383,7 @@ def write_volume(path:str|Path, # destination .mrc
                  Apix:float=1.0, # pixel size of the training data, Å (the header gets the evaluated volume's)
                  D:int|None=None, # output box (default: the model's)
                  norm:tuple=(0.0, 1.0), # (mean, std) of the data normalisation
-                 **kw, # passed to `eval_volume` (radius, batch_points)
+                 **kw, # passed to eval_volume (radius, batch_points)
                 )->Path:
     "Evaluate the model and write the volume as float32 MRC with its true pixel size (atomically)."
     vol = eval_volume(model, D, z, norm, **kw)

@@ -57,7 +57,8 @@ def R_to_quat(R:Tensor # (..., 3, 3) rotation matrices
 # %% ../nbs/02_so3.ipynb #fe04f47a
 def random_quaternions(n:int, # number of rotations
                        generator:torch.Generator=None, # for reproducibility
-                       dtype=torch.float32)->Tensor: # (n, 4) unit quaternions, w >= 0
+                       dtype=torch.float32, # floating dtype of the result (float32 or float64)
+                      )->Tensor: # (n, 4) unit quaternions, w >= 0
     "Uniformly random unit quaternions."
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     q = q / q.norm(dim=-1, keepdim=True)
@@ -65,7 +66,8 @@ def random_quaternions(n:int, # number of rotations
 
 def random_rotations(n:int, # number of rotations
                      generator:torch.Generator=None, # for reproducibility
-                     dtype=torch.float32)->Tensor: # (n, 3, 3)
+                     dtype=torch.float32, # floating dtype of the result (float32 or float64)
+                    )->Tensor: # (n, 3, 3)
     "Uniformly (Haar) distributed random rotation matrices."
     return quat_to_R(random_quaternions(n, generator, torch.float64)).to(dtype)
 

@@ -1,15 +1,25 @@
-"""The documentation site's pipeline, without Quarto (which cannot be installed here).
+"""The documentation site as `nbdev_docs` (nbdev's processing + `quarto render`) would build it; Quarto itself cannot
+be installed here.
 
-`nbdev_docs` = nbdev's notebook processing (`proc_nbs`: show_doc pages, hidden cells dropped, directives) + `quarto
-render`. This test runs the first part exactly as nbdev does (`nbdev.serve._proc_file` + `nbdev.serve_drv.main`, the
-`FilterDefaults` processors, two spawned workers) on a copy of `nbs/`, renders every processed page to HTML with
-nbconvert the way Quarto would treat the stored outputs (directives honoured, plotly embedded, nothing fetched from the
-network), adds the sidebar from `nbs/sidebar.yml`, and opens every page in headless Chromium (Debian's `chromium`,
-driven by Playwright through `tests/browser.py`, the project's one browser driver): no JavaScript or console errors,
-every figure shown, every local link (sidebar, cross-page, nbdev's doc links) resolves to a page.
-Screenshots of the home page and one tutorial (or notebook) page go to `docs_check/` (git-ignored).
+1. nbdev's processing runs exactly as nbdev does (`nbdev.serve._proc_file` + `nbdev.serve_drv.main`, the
+   `FilterDefaults` processors, two spawned workers) on a copy of `nbs/`.
+2. Each processed page is built as Quarto would build it: Quarto's directives (`include`, `echo`, `output`, `asis`),
+   its choice among an output's representations (a widget view wins over text, so a widget without saved state shows
+   nothing), pandoc for every markdown part (math only where pandoc's `$` rules find it, heading ids by pandoc's
+   auto_identifiers) and nbconvert for code and outputs. The head holds what Quarto's would and nothing more: MathJax 3
+   from pandoc's default address and `format.html.include-in-header` of `_quarto.yml` (plotly.js comes from there;
+   nothing is injected by the test).
+3. Every page opens in headless Chromium (Debian's `chromium` through Playwright, `tests/browser.py`), offline: the
+   CDN requests of MathJax and plotly.js are answered from local copies (sphinx-mathjax-offline, the plotly package's
+   bundle, at the version `_quarto.yml` names). Checked: no JavaScript or console errors, every figure shown, every
+   plotly figure drawn, MathJax typesets every math span without TeX errors and no `$` is left in the text outside
+   code, every local link reaches an existing page and an existing anchor.
+Also: every show_doc parameter has a docment and no docment renders a raw link (`tools/check_docments.py`), no machine
+path in stored outputs, plotly.js in `_quarto.yml` when figures need it. `DOCS_TEST_NBS=DIR` checks another nbs/ (a
+checkout of main, say). Screenshots of the home page and one tutorial page go to `docs_check/` (git-ignored).
 
-Skips when chromium is missing, except in CI (`CI` set), where `.ci/run` installs it."""
+Skips when chromium, pandoc (pypandoc-binary) or MathJax (sphinx-mathjax-offline) is missing, except in CI (`CI`
+set), where `.ci/run` installs chromium and the dev extras bring the rest."""
 import ast, json, os, re, shutil, subprocess, sys, time, warnings
 from configparser import ConfigParser
 from pathlib import Path
@@ -95,6 +105,17 @@ def test_doc_cells_keep_imports_apart():
                      f'to an import-only cell, e.g. python tools/split_doc_imports.py nbs/X.ipynb): {bad}')
 
 
+@pytest.mark.parametrize('nb', [p.name for p in sorted(NBS.glob('*.ipynb'))])
+def test_show_doc_parameters_documented(nb):
+    "Every show_doc entry documents each parameter (docments), and no docment renders as a raw link in the signature."
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try: from check_docments import problems
+    finally: sys.path.pop(0)
+    bad = problems(NBS / nb)
+    assert not bad, f'{nb}: {sum(map(len, bad.values()))} problems in {len(bad)} show_doc entries ' \
+                    '(python tools/check_docments.py nbs/' + nb + '):\n' + '\n'.join(f'{k}: {v}' for k, v in bad.items())
+
+
 def _directives(src):
     return {m.group(1).strip(): m.group(2).strip() for m in re.finditer(r'^#\|\s*([\w-]+):?(.*)$', src, re.M)}
 
@@ -170,15 +191,24 @@ def test_nbdev_processing(processed):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# HTML, as Quarto would show the stored outputs
+# HTML, as Quarto would build it from the processed notebooks
+# Quarto turns a notebook into markdown (markdown cells as they are, `output: asis` markdown as it is, code and its
+# outputs as blocks) and renders it with pandoc: pandoc's markdown reader decides what is math (`$x$`: no space inside
+# the dollars) and gives headings their ids (auto_identifiers). Here pandoc (pypandoc-binary) renders every markdown
+# part of a page in one call, nbconvert the code and outputs. The page head holds only what Quarto's would: MathJax 3
+# from pandoc's default CDN address, the `include-in-header` text of _quarto.yml, nothing else (Quarto's require.js
+# and jQuery, which it adds to pages with HTML outputs, are left out: no local copy, and neither plotly.js 4 nor MathJax
+# 3 uses them). The browser is offline: requests to the CDN addresses of MathJax and plotly.js are answered from local
+# copies (the sphinx-mathjax-offline package, the plotly package's own plotly.min.js, same version checked).
 _TEMPLATE = r'''{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock -%}
 {% block jupyter_widgets %}{% endblock %}
 {%- block html_head_js_mathjax -%}{%- endblock -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock -%}
+{% block rawcell scoped %}<div class="cell-markdown">{{ cell.source }}</div>{% endblock rawcell %}
 {% block extra_css %}
 <link rel="stylesheet" href="{{ resources.site.root }}styles.css">
-{% if resources.site.plotly %}<script src="{{ resources.site.root }}plotly.min.js"></script>{% endif %}
+{{ resources.site.head }}
 <style>
   #site-nav { position: fixed; top: 0; left: 0; bottom: 0; width: 250px; overflow-y: auto; padding: 1rem;
               background: #f7f7f9; border-right: 1px solid #ddd; font: 14px sans-serif; }
@@ -201,43 +231,108 @@ _TEMPLATE = r'''{%- extends 'lab/index.html.j2' -%}
 
 PLOTLY_MIME = 'application/vnd.plotly.v1+json'
 WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
+WIDGET_STATE = 'application/vnd.jupyter.widget-state+json'
+MATHJAX_URL = 'https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml-full.js'  # pandoc's default, used by Quarto
+_SEP = '<!--quartoish-cell-break-->'
+
+
+def pandoc_path():
+    "pandoc from the pypandoc-binary wheel (a dev requirement); skips without it, fails in CI."
+    try:
+        from pypandoc import get_pandoc_path
+        return get_pandoc_path()
+    except Exception:
+        if os.environ.get('CI'): pytest.fail('pypandoc-binary is missing in CI (a dev extra in settings.ini)')
+        pytest.skip('pandoc not installed (pip install -e ".[dev]"); the docs site check is skipped')
+
+
+def mathjax_dir():
+    "The folder holding MathJax 3's es5 build (tex-chtml-full.js and its fonts), from sphinx-mathjax-offline."
+    import importlib.metadata as md
+    try:
+        d = md.distribution('sphinx-mathjax-offline')
+        f = next(f for f in d.files if str(f).endswith('mathjax/tex-chtml-full.js'))
+        return Path(d.locate_file(f)).parent
+    except (md.PackageNotFoundError, StopIteration):
+        if os.environ.get('CI'): pytest.fail('sphinx-mathjax-offline is missing in CI (a dev extra in settings.ini)')
+        pytest.skip('sphinx-mathjax-offline not installed (pip install -e ".[dev]"); the docs site check is skipped')
+
+
+def header_includes():
+    "The HTML `format: html: include-in-header` of _quarto.yml adds to every page (`text:` items and files)."
+    cfg = yaml.safe_load((NBS / '_quarto.yml').read_text())
+    inc = cfg.get('format', {}).get('html', {}).get('include-in-header', [])
+    out = []
+    for it in inc if isinstance(inc, list) else [inc]:
+        if isinstance(it, dict) and 'text' in it: out.append(it['text'])
+        elif isinstance(it, dict) and 'file' in it: out.append((NBS / it['file']).read_text())
+        elif isinstance(it, str): out.append((NBS / it).read_text())
+    return '\n'.join(out)
+
+
+def pandoc_html(chunks):
+    "Markdown chunks of one page -> their HTML, rendered by pandoc as one document (ids unique across the page)."
+    if not chunks: return []
+    r = subprocess.run([pandoc_path(), '-f', 'markdown', '-t', 'html5', '--mathjax', '--wrap=none'],
+                       input=f'\n\n{_SEP}\n\n'.join(chunks), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    parts = r.stdout.split(_SEP)
+    assert len(parts) == len(chunks), 'pandoc merged cells'
+    return parts
 
 
 def _quartoish(nb):
-    "Apply what Quarto does with a processed notebook's directives; return (notebook, frontmatter, problems, figures)."
+    "Apply what Quarto does with a processed notebook; return (notebook, frontmatter, problems, figures)."
     import nbformat
     fm, problems, figs = {}, [], 0
-    cells = []
+    cells, md = [], []  # md: (where the HTML goes, markdown), rendered by pandoc afterwards
+    states = (nb.metadata.get('widgets', {}).get(WIDGET_STATE, {}) or {}).get('state', {})
+
+    def markdown(src):
+        c = nbformat.v4.new_raw_cell('', metadata={'raw_mimetype': 'text/html'})
+        cells.append(c); md.append((lambda html: setattr(c, 'source', html), src))
+
+    def markdown_output(data):  # a text/markdown output: Quarto renders it with pandoc like the rest of the page
+        def put(html): data.pop('text/markdown'); data['text/html'] = html
+        md.append((put, data['text/markdown']))
+
     for c in nb.cells:
         if c.cell_type == 'raw' and c.source.startswith('---'):
             fm = yaml.safe_load(c.source.strip().strip('-')) or {}; continue
+        if c.cell_type == 'markdown': markdown(c.source); continue
         if c.cell_type != 'code': cells.append(c); continue
         d = _directives(c.source)
         if d.get('include') == 'false': continue
         src = '\n'.join(l for l in c.source.splitlines() if not l.startswith('#|')).strip()
         if d.get('output') == 'false': c.outputs = []
         if d.get('output') == 'asis':  # raw markdown for the page (show_doc)
-            md = ''.join(o.get('data', {}).get('text/markdown', '') for o in c.outputs)
-            md = re.sub(r'\{target="_blank"[^}]*\}', '', md)  # pandoc link attributes
+            text = ''.join(o.get('data', {}).get('text/markdown', '') for o in c.outputs)
             if d.get('echo') != 'false' and src: cells.append(nbformat.v4.new_code_cell(src))
-            if md.strip(): cells.append(nbformat.v4.new_markdown_cell(md))
+            if text.strip(): markdown(text)
             continue
         c.source = src
         if d.get('echo') == 'false' or not src: c.metadata.setdefault('tags', []).append('remove_input')
         for o in c.outputs:
             data = o.get('data', {})
-            data.pop(WIDGET_MIME, None)  # widget state needs the html-manager from a CDN; text/plain is the fallback
+            if WIDGET_MIME in data:  # Quarto prefers the widget view to every other representation
+                mid = data[WIDGET_MIME].get('model_id')
+                if mid not in states:
+                    problems.append(f'cell {c.get("id")}: widget output without saved widget state: Quarto shows the '
+                                    'widget view, which is empty here. Hide it (#| output: false, with a static '
+                                    'figure beside it) or save the widget state in the notebook')
+                for k in [k for k in data if k != WIDGET_MIME]: data.pop(k)
+                data['text/html'] = f'<script type="{WIDGET_MIME}">{json.dumps(data.pop(WIDGET_MIME))}</script>'
             if PLOTLY_MIME in data and 'text/html' not in data:
                 problems.append(f'cell {c.get("id")}: plotly figure stored only as {PLOTLY_MIME}; Quarto cannot show '
-                                "it. Execute with pio.renderers.default = 'notebook' so the HTML is stored")
+                                "it. Store its HTML (e.g. pio.renderers.default = 'notebook')")
+            if 'text/markdown' in data and not data.keys() & {'text/html', WIDGET_MIME, 'application/javascript'}:
+                markdown_output(data)
             html = data.get('text/html', '')
             html = ''.join(html) if isinstance(html, list) else html
-            if re.search(r'<script[^>]+src="https?://[^"]*plotly', html):
-                problems.append(f'cell {c.get("id")}: plotly.js loaded from a CDN (notebook_connected); the figure '
-                                "needs the network. Use pio.renderers.default = 'notebook'")
             if 'Plotly.newPlot' in html or PLOTLY_MIME in data: figs += 1
             figs += sum(k.startswith('image/') for k in data)
         cells.append(c)
+    for (put, _), html in zip(md, pandoc_html([s for _, s in md])): put(html)
     nb.cells = cells
     nb.metadata.pop('widgets', None)
     return nb, fm, problems, figs
@@ -261,12 +356,13 @@ def _nav(entries, titles, here):
 
 @pytest.fixture(scope='module')
 def site(processed, tmp_path_factory):
-    "Every processed page rendered to <tmp>/site/<output-file> with nbconvert; returns (site dir, {page: info})."
+    "Every processed page rendered to <tmp>/site/<output-file> (pandoc + nbconvert); returns (site dir, {page: info})."
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
     proj, res = processed
     if any(res.values()): pytest.fail('nbdev processing failed (see test_nbdev_processing)')
+    pandoc_path()
     site = tmp_path_factory.mktemp('site')
     tpl = site.parent / 'site_template'; tpl.mkdir(exist_ok=True)
     (tpl / 'index.html.j2').write_text(_TEMPLATE)
@@ -275,23 +371,20 @@ def site(processed, tmp_path_factory):
     trp = TagRemovePreprocessor(remove_input_tags={'remove_input'}, enabled=True)
     exp.register_preprocessor(trp, enabled=True)
     nbs, titles, pages = {}, {}, {}
+    t = time.time()
     for p in doc_notebooks():
         nb, fm, problems, figs = _quartoish(nbformat.read(proj / '_proc' / p, as_version=4))
         nbs[p.as_posix()] = (nb, fm, problems, figs)
         titles[p.as_posix()] = fm.get('title', p.stem)
     entries = sidebar_entries()
-    need_plotly = False
-    t = time.time()
+    head = f'<script src="{MATHJAX_URL}" type="text/javascript"></script>\n' + header_includes()
     for rel, (nb, fm, problems, figs) in nbs.items():
         here = out_name(rel)
         root = '../' * here.count('/')
-        outs = [json.dumps(o.get('data', {})) for c in nb.cells for o in c.get('outputs', [])]
-        # plotly's 'notebook' renderer stores plotly.js inline with the first figure; otherwise serve a local copy
-        plotly = any('Plotly.newPlot' in o for o in outs) and not any('plotly.js v' in o for o in outs)
-        need_plotly |= plotly
         site_res = dict(root=root, nav=_nav(entries, titles, here), title=fm.get('title', rel),
-                        description=fm.get('description', ''), plotly=plotly)
-        html, _ = exp.from_notebook_node(nb, resources={'site': site_res, 'metadata': {'name': fm.get('title', rel)}})
+                        description=fm.get('description', ''), head=head)
+        html, _ = exp.from_notebook_node(nb, resources={'site': site_res, 'metadata': {'name': fm.get('title', rel)},
+                                                        'raw_mimetypes': ['text/html']})  # the pandoc-rendered cells
         # links: nbdev's doc links (absolute, to the site) and .ipynb links become the local pages, as on the site
         html = html.replace(f'href="{SITE_URL}/', f'href="{root}')
         html = re.sub(r'href="([^":#]+)\.ipynb(#[^"]*)?"',
@@ -300,9 +393,6 @@ def site(processed, tmp_path_factory):
         (site / here).write_text(html, encoding='utf-8')
         pages[here] = dict(nb=rel, problems=problems, figures=figs, title=fm.get('title'))
     shutil.copy(NBS / 'styles.css', site / 'styles.css')
-    if need_plotly:
-        import plotly
-        shutil.copy(Path(plotly.__file__).parent / 'package_data' / 'plotly.min.js', site / 'plotly.min.js')
     print(f'rendered {len(pages)} pages in {time.time() - t:.1f} s to {site}')
     return site, pages
 
@@ -312,6 +402,41 @@ def test_pages_rendered(site):
     assert set(pages) == {out_name(p) for p in doc_notebooks()} and 'index.html' in pages
     problems = {k: v['problems'] for k, v in pages.items() if v['problems']}
     assert not problems, problems
+
+
+def test_plotly_js_on_the_site():
+    "Figures stored as HTML without plotly.js need it from the site's header, at the version that made them."
+    from plotly.io._utils import plotly_cdn_url
+    need = []
+    for p in doc_notebooks():
+        for c in json.loads((NBS / p).read_text())['cells']:
+            for o in c.get('outputs', []):
+                h = o.get('data', {}).get('text/html', '')
+                h = ''.join(h) if isinstance(h, list) else h
+                if 'Plotly.newPlot' in h and not re.search(r'plotly\.js v\d|<script[^>]+src="[^"]*plotly', h):
+                    need.append(str(p))
+    srcs = re.findall(r'<script[^>]+src="([^"]*plotly[^"]*)"', header_includes())
+    if need:
+        assert srcs, f'plotly figures without plotly.js in {sorted(set(need))} and no plotly.js in _quarto.yml ' \
+                     'format.html.include-in-header: on the site they are blank ("Plotly is not defined")'
+    for s in srcs: assert s == plotly_cdn_url(), f'_quarto.yml loads {s}; the figures were made for {plotly_cdn_url()}'
+
+
+_MACHINE_PATH = re.compile(r'(?<![\w.])/(?:work|tmp|root|home)/[\w.-]+')
+
+
+def test_no_machine_paths_in_outputs():
+    "Stored outputs show no path of the machine that executed them (/work, /tmp, /root, /home)."
+    found = []
+    for p in doc_notebooks():
+        for i, c in enumerate(json.loads((NBS / p).read_text())['cells']):
+            for o in c.get('outputs', []):
+                texts = [o.get('text', '')] + [v for k, v in o.get('data', {}).items() if k.startswith('text/')]
+                texts += [' '.join(o.get('traceback', []))]
+                for t in texts:
+                    t = ''.join(t) if isinstance(t, list) else t
+                    found += [f'{p} cell {i}: {m.group(0)}' for m in _MACHINE_PATH.finditer(t)]
+    assert not found, 'machine paths in stored outputs:\n' + '\n'.join(sorted(set(found))[:40])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -325,22 +450,24 @@ _PROBE = r'''(() => {
           height: document.documentElement.scrollHeight, ready: document.readyState};
 })()'''
 
-
-def _errors(events, session):
-    "JavaScript exceptions, console errors, failed local loads; external (network) failures are returned apart."
-    errs, external = [], []
-    for e in events:
-        if e.get('sessionId') != session: continue
-        m, p = e['method'], e.get('params', {})
-        if m == 'Runtime.exceptionThrown':
-            d = p['exceptionDetails']
-            errs.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}"[:300])
-        elif m == 'Runtime.consoleAPICalled' and p['type'] == 'error':
-            errs.append('console.error: ' + ' '.join(str(a.get('value', a.get('description'))) for a in p['args'])[:300])
-        elif m == 'Log.entryAdded' and p['entry']['level'] == 'error':
-            url = p['entry'].get('url', '')
-            (external if url.startswith(('http:', 'https:')) else errs).append(f"{p['entry']['text']} {url}"[:300])
-    return errs, external
+# After MathJax: ids on the page, math left untypeset or in error, and `$` left in the text outside code and math
+_MATH_PROBE = r'''(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  const main = document.querySelector('main');
+  const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+  const spans = [...main.querySelectorAll('span.math')];
+  const untypeset = spans.filter(s => !s.querySelector('mjx-container')).map(s => s.textContent.slice(0, 80));
+  const errors = [...main.querySelectorAll('mjx-merror')].map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120));
+  const skip = 'pre, code, script, style, mjx-container, mjx-assistive-mml, .plotly-graph-div';
+  const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT,
+      {acceptNode: n => n.parentElement.closest(skip) ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+  const raw = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const t = n.textContent, i = t.indexOf('$');
+    if (i >= 0) raw.push(t.slice(Math.max(0, i - 40), i + 40).replace(/\s+/g, ' '));
+  }
+  return {ids, untypeset, errors, raw, typeset: !!(window.MathJax && MathJax.startup), spans: spans.length};
+})()'''
 
 
 @pytest.fixture(scope='module')
@@ -356,15 +483,33 @@ def _shot(page, path, height):
     page.set_viewport_size({'width': 1280, 'height': 900})
 
 
+def _serve_cdn(page):
+    "Answer the CDN requests of the site's head from local copies: MathJax 3 (es5 build) and the plotly package's plotly.js."
+    import plotly
+    from plotly.io._utils import plotly_cdn_url
+    mj = mathjax_dir()
+    base = MATHJAX_URL.rsplit('/', 1)[0] + '/'
+
+    def mathjax(route):
+        f = mj / urlparse(route.request.url).path[len(urlparse(base).path):]
+        if f.is_file(): route.fulfill(path=str(f))
+        else: route.abort()
+    page.route(base + '**', mathjax)
+    page.route(plotly_cdn_url(), lambda r: r.fulfill(
+        path=str(Path(plotly.__file__).parent / 'package_data' / 'plotly.min.js'), content_type='text/javascript'))
+
+
 def test_pages_in_chromium(site, browser):
     d, pages = site
     page = browser.new_page(viewport={'width': 1280, 'height': 900})
     log = ConsoleLog(page)
+    _serve_cdn(page)
     tutorials = sorted(p for p in pages if p.startswith('tutorials/'))
     shot_page = tutorials[0] if tutorials else max((p for p in pages if p != 'index.html'),
                                                    key=lambda p: pages[p]['figures'])
     SHOTS.mkdir(exist_ok=True)
     failures, external, t = [], {}, time.time()
+    ids, links = {}, {}
     for page_name, info in sorted(pages.items()):
         n_err, n_ext = len(log.errors), len(log.external)
         page.goto((d / page_name).as_uri(), wait_until='load', timeout=60_000)
@@ -372,24 +517,37 @@ def test_pages_in_chromium(site, browser):
             r = page.evaluate(_PROBE)
             if all(i['ok'] for i in r['imgs']) and all(r['plots']): break
             time.sleep(0.1)
+        m = page.evaluate(_MATH_PROBE)
+        ids[(d / page_name).resolve()] = set(m['ids'])
+        links[page_name] = r['links']
         errs, ext = log.errors[n_err:], log.external[n_ext:]
         if ext: external[page_name] = ext
         bad_img = [i['src'] for i in r['imgs'] if not i['ok']]
         shown = sum(i['ok'] for i in r['imgs']) + sum(r['plots'])
-        broken = []
-        for href in r['links']:
-            u = urlparse(href)
-            if u.scheme == 'file' and not Path(unquote(u.path)).is_file(): broken.append(href)
         if errs: failures.append(f'{page_name}: {errs}')
         if bad_img: failures.append(f'{page_name}: images not loaded {bad_img}')
         if not all(r['plots']): failures.append(f'{page_name}: {r["plots"].count(False)} plotly figures not drawn')
         if shown < info['figures']: failures.append(f'{page_name}: {shown} of {info["figures"]} figures shown')
-        if broken: failures.append(f'{page_name}: links to missing pages {sorted(set(broken))}')
         if r['nav'] < len(pages): failures.append(f'{page_name}: sidebar has {r["nav"]} links for {len(pages)} pages')
         if not r['h1'] or r['h1'].strip() != (info['title'] or '').strip():
             failures.append(f'{page_name}: title {r["h1"]!r}, expected {info["title"]!r}')
+        if m['spans'] and not m['typeset']: failures.append(f'{page_name}: MathJax did not load')
+        if m['untypeset']: failures.append(f'{page_name}: math not typeset {m["untypeset"][:5]}')
+        if m['errors']: failures.append(f'{page_name}: TeX errors {m["errors"][:5]}')
+        if m['raw']: failures.append(f'{page_name}: raw $ in the text (pandoc reads no math there: no space may '
+                                     f'follow the opening $ or precede the closing one) {m["raw"][:5]}')
         if page_name in ('index.html', shot_page):
             _shot(page, SHOTS / (page_name.replace('/', '_').replace('.html', '.png')), r['height'])
+    for page_name, hrefs in links.items():  # every local link: its page exists, and so does its anchor
+        missing, broken = set(), set()
+        for href in hrefs:
+            u = urlparse(href)
+            if u.scheme != 'file': continue
+            f = Path(unquote(u.path)).resolve()
+            if not f.is_file(): missing.add(href.split(d.as_uri())[-1]); continue
+            if u.fragment and f in ids and unquote(u.fragment) not in ids[f]: broken.add(href.split(d.as_uri())[-1])
+        if missing: failures.append(f'{page_name}: links to missing pages {sorted(missing)}')
+        if broken: failures.append(f'{page_name}: links to missing anchors {sorted(broken)}')
     print(f'chromium: {len(pages)} pages in {time.time() - t:.1f} s; screenshots in {SHOTS}: index.png, '
           f'{shot_page.replace("/", "_").replace(".html", ".png")}')
     if external: print('external resources not loaded (offline by design):', json.dumps(external, indent=1)[:2000])
