@@ -8,7 +8,7 @@ __all__ = ['RUN_EPOCH_FILES', 'CHECKPOINT_FIELDS', 'RUN_FILES', 'run_file', 'run
            'model_from_config', 'model_from_state', 'replaced_dir', 'set_aside', 'settle_replacement', 'resume_changes',
            'Run', 'load_run']
 
-# %% ../nbs/12c_rundir.ipynb #c3ea3cca
+# %% ../nbs/12c_rundir.ipynb #48013e23
 import csv, os, re, shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,7 +19,7 @@ from .io import (DrgnaiInputError, atomic_write, write_mrc, save_pkl, load_pkl, 
 from .models import VolumeConfig, make_volume, eval_volume
 from .config import TrainConfig
 
-# %% ../nbs/12c_rundir.ipynb #511672ca
+# %% ../nbs/12c_rundir.ipynb #d5e6e843
 RUN_EPOCH_FILES = {'weights': 'weights.{}.pt', 'pose': 'pose.{}.pkl', 'z': 'z.{}.pkl', 'map': 'reconstruct.{}.mrc'}
 
 def run_file(rundir:str|Path, # run directory
@@ -53,7 +53,7 @@ def find_epoch(rundir:str|Path, # run directory
     if epoch not in es: raise DrgnaiInputError(f'{rundir}/weights.{epoch}.pt not found; epochs with checkpoints: {es}')
     return int(epoch)
 
-# %% ../nbs/12c_rundir.ipynb #4a8e0303
+# %% ../nbs/12c_rundir.ipynb #a6d421c9
 def write_config(rundir:str|Path, # run directory
                  config:dict, # `TrainConfig.to_dict()`
                 ):
@@ -100,7 +100,7 @@ def read_checkpoint(path:str|Path, # a weights.E.pt
         if k not in st: raise DrgnaiInputError(f'{path}: field {k!r} missing; expected a drgnai-nb checkpoint')
     return st
 
-# %% ../nbs/12c_rundir.ipynb #92a74494
+# %% ../nbs/12c_rundir.ipynb #7bd43920
 def volume_config(config:dict|TrainConfig, # a run's settings (missing fields: `TrainConfig`'s defaults)
                   D:int, # box, pixels
                  )->VolumeConfig:
@@ -124,7 +124,7 @@ def model_from_state(st:dict, # a checkpoint (`read_checkpoint`)
     m.load_state_dict(st['model_state_dict'])
     return m.eval()
 
-# %% ../nbs/12c_rundir.ipynb #5a72802c
+# %% ../nbs/12c_rundir.ipynb #f59ae3f3
 # what a run directory holds and what is derived from it (`analyze.E/`): `--overwrite` replaces all of it, nothing else
 RUN_FILES = ('weights.*.pt', 'pose.*.pkl', 'z.*.pkl', 'reconstruct.*.mrc', 'run.log', 'learning_curve.*', 'config.yaml',
              'analyze.*', '.*.tmp')
@@ -151,7 +151,7 @@ def settle_replacement(out:str|Path, # a run directory
     for p in old.iterdir(): os.replace(p, out / p.name)
     old.rmdir()
 
-# %% ../nbs/12c_rundir.ipynb #970e16fd
+# %% ../nbs/12c_rundir.ipynb #d6e9002d
 def resume_changes(st:dict, # the checkpoint to resume (`io.load_checkpoint`)
                    cfg:TrainConfig, # the settings of the resumed run (data paths absolute)
                    N:int, # particles selected now
@@ -172,12 +172,12 @@ def resume_changes(st:dict, # the checkpoint to resume (`io.load_checkpoint`)
     return [f'{f.name} {old.get(f.name)!r} -> {getattr(cfg, f.name)!r}' for f in fields(cfg)
             if f.name in old and old[f.name] != getattr(cfg, f.name) and f.name not in TrainConfig.DATA_PATHS]
 
-# %% ../nbs/12c_rundir.ipynb #6046da8b
+# %% ../nbs/12c_rundir.ipynb #ddc9755e
 def _resolve(path, rundir:Path, field:str='path')->Path|None:
     "A data path from the run's config (`io.resolve_run_path`: absolute in new runs; old relative ones checked for ambiguity)."
     return resolve_run_path(path, rundir, field)
 
-# %% ../nbs/12c_rundir.ipynb #99f5dd79
+# %% ../nbs/12c_rundir.ipynb #75a4c96f
 @dataclass(eq=False)
 class Run:
     "A trained run loaded for analysis: its decoder, per-particle poses and conformations, and where its particles live."
@@ -257,7 +257,7 @@ class Run:
         "Pixel size of a map evaluated at box `D`, Å."
         return self.Apix * self.D / (D or self.D)
 
-# %% ../nbs/12c_rundir.ipynb #ec622bf3
+# %% ../nbs/12c_rundir.ipynb #2abd36db
 def load_run(rundir:str|Path, # run directory of `drgnai-nb train`
              epoch:int|None=None, # epoch to load (None: the latest)
              device:str='cpu', # where the decoder lives: 'cpu', 'cuda', 'cuda:1' or 'auto' (CUDA when available)
