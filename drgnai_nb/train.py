@@ -34,6 +34,7 @@ from .variability import (conformation_groups, variability_amplitudes, variabili
 from .classify import class_fold_maps, class_errors
 from .truth import compare_to_truth, format_truth_table
 from .passes import Passes
+from .schedule import plan, format_plan, n_search_epochs, mask_radius as _mask_radius
 from fastcore.basics import patch
 
 # %% ../nbs/12_train.ipynb #91467d72
@@ -121,8 +122,9 @@ class Trainer(Passes):
         self.decode_max_elems = decode_budget(cfg.decode_max_elems, self.device)  # the run's decoding bound, held while it computes (`fit`)
         self.scaler, self.scaler_z = AmpScaler(self.device, cfg.amp), AmpScaler(self.device, cfg.amp)  # z-only steps: their own scale
         # --- schedule: epochs 0..n_hps-1 search poses, then SGD epochs
-        self.n_hps_epochs = math.ceil(cfg.n_imgs_pose_search / self.N) if cfg.mode == 'abinit' else 0
-        self.n_epochs = self.n_hps_epochs + cfg.epochs_sgd
+        self.n_hps_epochs = n_search_epochs(cfg, self.N)
+        self.plan = plan(cfg, self.N, self.D)  # what each epoch does (`schedule`): `fit` follows it
+        self.n_epochs = len(self.plan)
         self.epoch, self.pretrained, self.history = -1, cfg.mode != 'abinit' or cfg.n_imgs_pretrain == 0, []
         # a distributed subclass sets rank/world before calling this __init__; each process trains on its shard
         self.rank, self.world = getattr(self, 'rank', 0), getattr(self, 'world', 1)
@@ -141,6 +143,7 @@ class Trainer(Passes):
                  f'images read {"lazily (" + cfg.reader + ")" if cfg.lazy else "into memory"}'
                  + (f', shuffling buffer {cfg.shuffle_buffer} x {cfg.shuffle_chunk} particles' if cfg.shuffle_chunk else ''))
         if self._ctf_note: self.log(self._ctf_note)
+        self.log('schedule:\n' + format_plan(self.plan, cfg, self.D))
 
     # ----- bookkeeping
 
@@ -155,9 +158,7 @@ class Trainer(Passes):
         if self.cfg.mode == 'fixed': return 'fixed'
         return 'hps' if epoch < self.n_hps_epochs else 'sgd'
 
-    def mask_radius(self, epoch:int)->int:
-        if self.cfg.output_mask == 'circ': return self.D // 2
-        return min(self.D // 2, self.cfg.l_start_fm + max(epoch, 0) * self.cfg.n_frequencies_per_epoch)
+    def mask_radius(self, epoch:int)->int: return _mask_radius(self.cfg, self.D, epoch)  # loss mask radius, lattice pixels
 
     # ----- hooks a distributed subclass overrides (one process: identity)
     @property
@@ -345,32 +346,28 @@ def fit(self:Trainer)->'Trainer':
 @patch
 def _fit(self:Trainer)->'Trainer':
     if not self.pretrained: self.pretrain()
-    for e in range(self.epoch + 1, self.n_epochs):
-        self.epoch = e
-        k = e - self.n_hps_epochs  # index within the SGD phase
-        z_now = self.cfg.zdim > 0 and self.cfg.z_init == 'variability' and k == (0 if self.cfg.mode == 'abinit' else 1)
-        if self.phase(e) == 'sgd' and self.cfg.refine_every and k % self.cfg.refine_every == 0:
-            again = k in (0, self.cfg.epochs_sgd // 2 // self.cfg.refine_every * self.cfg.refine_every)
-            self.refine_poses(global_search=again and self.cfg.research and self.cfg.mode == 'abinit')
+    for p in self.plan[self.epoch + 1:]:  # from the epoch after the last checkpoint on
+        self.epoch = e = p.epoch
+        if p.refine:
+            self.refine_poses(global_search=p.re_search)
             self._sync_tables()
         classified = False
-        if self.cfg.classify_rounds and self.cfg.zdim > 0 and self.phase(e) == 'sgd' and k == self.cfg.epochs_sgd - 1 and k >= 1:
+        if p.classify:
             rec = self.classify_poses()  # the last epoch starts from each particle's best class pose, and z from where it lies between the classes
             if rec.get('amplitudes') is not None and self.cfg.classify_z != 'variability':
                 if self.cfg.classify_z == 'classes': self.z_from_classes(rec)
                 else: self.variability_init(align=True, extra=[rec['amplitudes'], class_errors(rec['errors'])])
                 classified = True
             self._sync_tables()
-        if z_now:  # poses are known from here on: start z from the data's main variability
+        if p.z_init:  # poses are known from here on: start z from the data's main variability
             self.variability_init()
             self._sync_tables()
-        elif (not classified and self.cfg.zdim > 0 and self.cfg.z_init == 'variability' and self.cfg.z_reestimate and self.phase(e) == 'sgd'
-              and self.cfg.refine_every and k % self.cfg.refine_every == 0 and k >= max(1, self.cfg.epochs_sgd // 2)):
+        elif p.z_reestimate and not classified:
             self.variability_init(align=True)  # the poses just refined: estimate z again from them
             self._sync_tables()
         self.run_epoch(e)
         self._sync_tables()
-        if ((e + 1) % self.cfg.checkpoint_every == 0 or e == self.n_epochs - 1) and self.is_main: self.save(e)
+        if p.checkpoint and self.is_main: self.save(e)
     self.log('done')
     return self
 
