@@ -7,7 +7,7 @@ __all__ = ['EpochPlan', 'n_search_epochs', 'mask_radius', 'plan', 'format_plan']
 
 # %% ../nbs/12i_schedule.ipynb #17fea78e
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from .config import TrainConfig
 
 # %% ../nbs/12i_schedule.ipynb #7ed9af32

@@ -10,7 +10,7 @@ __all__ = ['PoseTable', 'TrainingDiverged', 'Trainer', 'train', 'AMP_MODES', 'RU
            'resume_changes', 'compare_to_truth', 'format_truth_table']
 
 # %% ../nbs/12_train.ipynb #a570e629
-import math, time
+import time
 from pathlib import Path
 import numpy as np
 import torch
@@ -22,15 +22,13 @@ from .lattice import Lattice
 from .ctf import ctf_from_params
 from .so3 import s2s2_to_R, R_to_s2s2, random_rotations
 from .models import eval_volume, render_slices
-from .hps import HPSConfig, VolumeCache, pose_search, local_refine
-from .runtime import (AMP_MODES, amp_dtype, autocast_for, fp32_scores, AmpScaler, cache_from_model, pick_device, _pick_device,
+from .hps import pose_search
+from .runtime import (AMP_MODES, amp_dtype, autocast_for, fp32_scores, AmpScaler, cache_from_model, pick_device,
                       decode_budget, decode_bound)
 from .config import TrainConfig, parse_set
 from .rundir import (RUN_FILES, replaced_dir, set_aside, settle_replacement, resume_changes, latest_epoch, run_file, save_epoch,
                      read_checkpoint, write_config, model_from_config)
-from .junk import junk_of_gain
-from .variability import (conformation_groups, variability_amplitudes, variability_components, spectral_coordinates,
-                          _trilinear_corners, _corner_chunks)
+from .variability import (conformation_groups, variability_amplitudes, variability_components, spectral_coordinates)
 from .classify import class_fold_maps, class_errors
 from .truth import compare_to_truth, format_truth_table
 from .passes import Passes
