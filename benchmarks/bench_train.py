@@ -65,13 +65,8 @@ def pose_floor(data, fixed_run=None, n=600, radius=None):
     caches = {'true map': VolumeCache.from_volume_ht(volume_to_ht(torch.as_tensor(read_mrc(data / 'vol.mrc')[0]), pad=2) / ds.norm[1],
                                                     radius, oversample=2, D=D)}
     if fixed_run is not None:
-        from drgnai_nb.train import latest_epoch, TrainConfig
-        from drgnai_nb.models import make_volume, VolumeConfig
-        st = load_checkpoint(Path(fixed_run) / f'weights.{latest_epoch(fixed_run)}.pt')
-        c_ = TrainConfig.from_dict(st['config'])
-        m = make_volume(VolumeConfig(D, kind=c_.volume, z_dim=0, layers=c_.layers, hidden_dim=c_.dim, pe_dim=c_.pe_dim,
-                                     feat_sigma=c_.feat_sigma, seed=c_.seed))
-        m.load_state_dict(st['model_state_dict']); m.eval()
+        from drgnai_nb.rundir import latest_epoch, run_file, read_checkpoint, model_from_state
+        m = model_from_state(read_checkpoint(run_file(fixed_run, 'weights', latest_epoch(fixed_run))))  # a fixed-pose run: homogeneous
         caches['fixed-pose map'] = VolumeCache.from_model(m, D, radius, oversample=2)
     out = {}
     for name, cache in caches.items():

@@ -14,11 +14,10 @@ PKG, NBS = ROOT / 'drgnai_nb', ROOT / 'nbs'
 MAX_MODULE_LINES, MAX_CELL_LINES = 450, 120
 SIZE_EXEMPT = {'cli', '_modidx'}
 
-# Known offenders, all in the trainer (nbs/12_train.ipynb -> train.py), which the branch issue25-train splits up.
-# removed when issue25-train is merged
-KNOWN_LONG_MODULES = {'train', 'analysis'}  # analysis: over by the Run/load_run, junk and truth cells that move out there
-KNOWN_LONG_CELLS = {('12_train.ipynb', 'f150f617'), ('12_train.ipynb', '7e416ea1')}
-KNOWN_EDGES = {('train', 'analysis')}  # train imports analysis.junk_by_fit (moved to `junk` there)
+# Known offenders: none left (the trainer was split into runtime, config, rundir, junk, truth, variability, classify, passes, schedule, train).
+KNOWN_LONG_MODULES = set()  # none: every module is within the bound
+KNOWN_LONG_CELLS = set()
+KNOWN_EDGES = set()
 # Not a dependency but a re-export: `analysis.__getattr__` hands out `report`'s names (`analysis.analyze`) on first use,
 # for the old imports; `report` itself builds on `analysis`. Kept for good.
 REEXPORT_EDGES = {('analysis', 'report')}

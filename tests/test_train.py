@@ -294,3 +294,22 @@ def test_cli_demo_quick(tmp_path, capsys):
                  'l_start=6', 'l_end=8', 't_extent=2', 't_n_grid=3', 'dim=32', 'pe_dim=8']) == 0
     out = capsys.readouterr().out
     assert 'out-of-plane' in out and (tmp_path / 'demo/summary.json').exists()
+
+
+def test_training_modules_do_not_import_analysis():
+    "The training side (train and the modules it is composed of) reads no analysis code: the former train <-> analysis cycle is gone."
+    import ast
+    pkg = Path(__file__).resolve().parents[1] / 'drgnai_nb'
+    for name in ('train', 'runtime', 'config', 'rundir', 'junk', 'truth', 'variability', 'classify', 'passes', 'schedule'):
+        tree = ast.parse((pkg / f'{name}.py').read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m.split('.')[-1] in ('analysis', 'explore', 'cli', 'distributed') for m in mods), (name, sorted(mods))
+
+
+def test_decode_bound_is_not_left_behind(tiny, tmp_path):
+    "A run's decoding bound holds while it computes; the process's default is back after it (no module global set by a run)."
+    from drgnai_nb import models
+    before = models.DECODE_MAX_ELEMS
+    tr = train(_cfg(tiny, decode_max_elems=2**17), tmp_path / 'run', progress=False)
+    assert tr.decode_max_elems == 2**17 and models.DECODE_MAX_ELEMS == before
