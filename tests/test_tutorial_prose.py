@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / 'nbs' / 'tutorials').glob('*.ipynb'))
-MARKED = ('01_first_reconstruction', '04_heterogeneity')  # tutorials whose result prose is marked (at least one number each)
+MARKED = ('01_first_reconstruction', '03_your_own_data', '04_heterogeneity')  # tutorials whose result prose is marked (at least one number each)
 NUM = re.compile(r'<span class="num( pct)?">([^<]*)</span>')
 OUT_NUM = re.compile(r'[-−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?')
 MACHINE_PATH = re.compile(r'(?<![\w.])/(?:tmp|work|home|root|Users)/')
@@ -83,8 +83,7 @@ def test_marked_numbers_match_outputs(path):
 
 
 # tutorials whose stored outputs still come from an execution before their paths were hidden (re-execute, then drop)
-PATHS_PENDING = {'03_your_own_data': 'stored outputs print the data and working folders; needs a re-execution (its run takes ~20 min)',
-                 '04_heterogeneity': 'stored outputs print the working folder; needs a re-execution (two runs, ~25 min)'}
+PATHS_PENDING = {'04_heterogeneity': 'stored outputs print the working folder; needs a re-execution (two runs, ~25 min)'}
 
 
 @pytest.mark.parametrize('path', [pytest.param(p, marks=pytest.mark.xfail(reason=PATHS_PENDING[p.stem], strict=True))
