@@ -48,8 +48,7 @@ class PoseTable(nn.Module):
     def __init__(self,
                  N:int, # number of particles
                  rot:Tensor=None, # (N, 3, 3) starting rotations (default: the identity)
-                 trans_px:Tensor=None, # (N, 2) starting shifts, pixels (default: 0)
-                ):
+                 trans_px:Tensor=None): # (N, 2) starting shifts, pixels (default: 0)
         super().__init__()
         self.s2s2 = nn.Embedding(N, 6, sparse=True)
         self.trans = nn.Embedding(N, 2, sparse=True)
@@ -64,8 +63,7 @@ class PoseTable(nn.Module):
     def set(self,
             idx:Tensor, # (B,) particle positions
             R:Tensor, # (B, 3, 3) rotations
-            t:Tensor, # (B, 2) shifts, pixels
-           ):
+            t:Tensor): # (B, 2) shifts, pixels
         "Overwrite rows (e.g. with pose-search results)."
         self.s2s2.weight[idx] = R_to_s2s2(R.float()).to(self.s2s2.weight)
         self.trans.weight[idx] = t.float().to(self.trans.weight)
@@ -77,8 +75,7 @@ class PoseTable(nn.Module):
 # %% ../nbs/12_train.ipynb #562a9aec
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
-    def __init__(self, *args, # the message (one string: where the loss stopped being finite)
-                ): super().__init__(*args)
+    def __init__(self, *args): super().__init__(*args) # the message (one string: where the loss stopped being finite)
 
 
 class Trainer(Passes):
@@ -412,8 +409,7 @@ def volume(self:Trainer, z=None)->Tensor:
 
 @patch
 def save(self:Trainer,
-         epoch:int, # the epoch just finished (0-based; names the files: weights.E.pt, pose.E.pkl, ...)
-        ):
+         epoch:int): # the epoch just finished (0-based; names the files: weights.E.pt, pose.E.pkl, ...)
     "Checkpoint epoch `epoch`: weights, poses, conformations, map (each written atomically)."
     r, t = self.current_poses()
     state = {'epoch': epoch, 'config': self.cfg.to_dict(), 'model_state_dict': self.model.state_dict(),
