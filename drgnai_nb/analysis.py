@@ -216,13 +216,15 @@ def plot_pose_distribution(rot:np.ndarray, # (N, 3, 3) rotations
     ax.set(xlabel='azimuth (°)', ylabel='elevation (°)', title=f'viewing directions ({len(az)} particles)')
     return ax
 
-def read_learning_curve(rundir:str|Path)->pd.DataFrame:
+def read_learning_curve(rundir:str|Path, # run directory
+                       )->pd.DataFrame: # one row per epoch and phase
     "The run's `learning_curve.csv` (epoch, phase, loss, seconds, images_per_s); empty if absent."
     p = Path(rundir) / 'learning_curve.csv'
     return pd.read_csv(p) if p.exists() else pd.DataFrame(columns=['epoch', 'phase', 'loss', 'seconds', 'images_per_s'])
 
-def plot_learning_curve(lc:pd.DataFrame, # from `read_learning_curve`
-                        ax=None):
+def plot_learning_curve(lc:pd.DataFrame, # from read_learning_curve
+                        ax=None, # matplotlib axes to draw on (default: a new figure)
+                       ):
     "Mean loss per epoch, one colour per training phase."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.2))
@@ -312,7 +314,7 @@ def truth_metrics(run:Run, # the loaded run
 
 # %% ../nbs/13_analysis.ipynb #7afca6cf
 def half_map_fsc(run:Run, # the loaded run
-                 progress:bool=True,
+                 progress:bool=True, # show a progress bar
                  batch_size:int=256, # images per backprojection batch
                  pad:int=2, # oversampling of the gridding (1 is faster, slightly less accurate)
                 )->dict: # {'half1', 'half2', 'full': (D, D, D) maps, 'fsc': FSCResult}

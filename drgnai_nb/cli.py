@@ -25,14 +25,16 @@ COMMANDS = {} # name -> (add, run), in the order the commands appear in `--help`
 
 def register(name:str, # subcommand name, as typed on the command line
              add, # add(subparsers) -> argparse.ArgumentParser: builds the subcommand's parser
-             run, # run(args) -> None: does the work (raises `DrgnaiInputError` on bad input)
+             run, # run(args) -> None: does the work (raises DrgnaiInputError on bad input)
             ):
     "Register a subcommand (a later registration under the same name replaces the earlier one)."
     COMMANDS[name] = (add, run)
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "Keeps the line breaks of descriptions and examples; appends `(default: X)` to options with a real default."
-    def __init__(self, prog):
+    def __init__(self,
+                 prog:str, # the program name argparse shows in the usage line
+                ):
         width = min(100, shutil.get_terminal_size((100, 24)).columns - 2)
         super().__init__(prog, max_help_position=30, width=width)
     def add_argument(self, action):  # make room for subcommand names, which argparse indents but does not measure so
@@ -177,7 +179,8 @@ def _jsonable(x):
     return x
 
 # %% ../nbs/20_cli.ipynb #ea620180
-def add_simulate(sub):
+def add_simulate(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                 ):
     p = new_parser(sub, 'simulate', help='simulate particle images with ground truth',
         description='Simulate a particle stack with known poses, CTF and volumes (simulate.simulate_to_dir).\n'
                     'Writes OUTDIR/particles.mrcs (RELION contrast: white particles), particles.star, ctf.pkl,\n'
@@ -260,7 +263,8 @@ def _run_simulate_atomic(args):
     for k, v in files.items():
         for f in (v if isinstance(v, list) else [v]): print(f'  {k:10s} {f}')
 
-def run_simulate(args):
+def run_simulate(args, # the parsed command line (argparse.Namespace)
+                 ):
     from drgnai_nb import io
     from drgnai_nb.simulate import SimConfig, simulate_to_dir
     if args.model or args.map: return _run_simulate_atomic(args)
@@ -291,7 +295,8 @@ def run_simulate(args):
 register('simulate', add_simulate, run_simulate)
 
 # %% ../nbs/20_cli.ipynb #5c97b128
-def add_parse(sub):
+def add_parse(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+              ):
     p = new_parser(sub, 'parse', help='RELION .star / cryoSPARC .cs -> cryoDRGN pose and CTF pickles',
         description='Parse particle metadata into a pose pickle (rot, trans as box fractions) and/or a CTF pickle\n'
                     '(N, 9: D, Apix, dfU Å, dfV Å, dfang °, kV, Cs mm, w, phase shift °). Optics are read per particle\n'
@@ -316,7 +321,8 @@ def _stack_box(path, datadir)->int|None:
     from drgnai_nb.metadata import stack_box
     return stack_box(path, datadir)
 
-def run_parse(args):
+def run_parse(args, # the parsed command line (argparse.Namespace)
+              ):
     from drgnai_nb import io
     src, ext = args.input, _ext(args.input)
     if not (args.poses or args.ctf): raise _input_error('parse: nothing to write; give --poses P.pkl and/or --ctf C.pkl')
@@ -333,7 +339,8 @@ def run_parse(args):
 register('parse', add_parse, run_parse)
 
 # %% ../nbs/20_cli.ipynb #ee479111
-def add_downsample(sub):
+def add_downsample(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                   ):
     p = new_parser(sub, 'downsample', help='Fourier-crop particle images to a smaller box',
         description='Downsample particle images by Fourier cropping into a new .mrcs (streamed in batches, written\n'
                     'atomically, header pixel size = Apix·D/d). Optionally writes a star file for the new stack.',
@@ -350,7 +357,8 @@ def add_downsample(sub):
     p.add_argument('--write-star', default=None, metavar='OUT.star', help='also write a RELION 3.1 star for the new stack (input .star or .cs)')
     return p
 
-def run_downsample(args):
+def run_downsample(args, # the parsed command line (argparse.Namespace)
+                   ):
     import numpy as np
     from drgnai_nb import io, data
     src = data.ImageSource(args.particles, args.datadir, indices=args.ind, Apix=args.Apix)
@@ -381,7 +389,8 @@ def _half_paths(out)->tuple:
     p = Path(out)
     return tuple(p.with_name(f'{p.stem}_half{k}{p.suffix or ".mrc"}') for k in (1, 2))
 
-def add_backproject(sub):
+def add_backproject(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                    ):
     p = new_parser(sub, 'backproject', help='voxel reconstruction from images with known poses (+ half maps, FSC)',
         description='Backproject particle images with known poses (and CTF) into a voxel volume. Writes VOL.mrc and\n'
                     'the even/odd half maps VOL_half1.mrc, VOL_half2.mrc (true pixel size), and prints the half-map\n'
@@ -403,7 +412,8 @@ def add_backproject(sub):
     p.add_argument('--pad', type=int, default=2, help='Fourier oversampling of the gridding')
     return p
 
-def run_backproject(args):
+def run_backproject(args, # the parsed command line (argparse.Namespace)
+                    ):
     import numpy as np
     from drgnai_nb import io, data, forward, metrics
     src = data.ImageSource(args.particles, args.datadir, indices=args.ind, Apix=args.Apix)
@@ -435,7 +445,8 @@ def run_backproject(args):
 register('backproject', add_backproject, run_backproject)
 
 # %% ../nbs/20_cli.ipynb #6c6a8422
-def add_fsc(sub):
+def add_fsc(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+            ):
     p = new_parser(sub, 'fsc', help='Fourier shell correlation of two volumes',
         description='FSC of two volumes on the same grid: resolution at FSC = 0.5 and 0.143 in pixels and Å, and the\n'
                     'area under the curve (1 = perfect). Shells are integer radii 0..D/2 (frequency s/D cycles/px).',
@@ -450,7 +461,8 @@ def add_fsc(sub):
     p.add_argument('--json', action='store_true', help='print a JSON object instead of text')
     return p
 
-def run_fsc(args):
+def run_fsc(args, # the parsed command line (argparse.Namespace)
+            ):
     import numpy as np
     from drgnai_nb import io, metrics
     a, ia = io.read_mrc(args.vol_a)
@@ -488,7 +500,8 @@ def run_fsc(args):
 register('fsc', add_fsc, run_fsc)
 
 # %% ../nbs/20_cli.ipynb #ff416431
-def add_pose_error(sub):
+def add_pose_error(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                   ):
     p = new_parser(sub, 'pose-error', help='pose error of predicted vs ground-truth poses',
         description='Compare predicted poses to ground truth after the best global rotation (and handedness flip):\n'
                     'mean and median out-of-plane, in-plane and total rotation error (degrees), translation error\n'
@@ -505,7 +518,8 @@ def add_pose_error(sub):
     p.add_argument('--json', action='store_true', help='print a JSON object instead of the table')
     return p
 
-def run_pose_error(args):
+def run_pose_error(args, # the parsed command line (argparse.Namespace)
+                   ):
     import numpy as np
     from drgnai_nb import io, metrics
     D = args.D if args.D is not None else (int(round(float(io.load_ctf(args.ctf)[0, 0]))) if args.ctf else None)
@@ -538,7 +552,8 @@ def run_pose_error(args):
 register('pose-error', add_pose_error, run_pose_error)
 
 # %% ../nbs/20_cli.ipynb #afd644a9
-def add_write_star(sub):
+def add_write_star(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                   ):
     p = new_parser(sub, 'write-star', help='particles + CTF (+ poses) -> RELION 3.1 .star',
         description='Write a RELION 3.1 star file (data_optics + data_particles) for particle images, their CTF and\n'
                     'optionally their poses (Euler angles, origins in Å), for all particles or a selection.',
@@ -554,7 +569,8 @@ def add_write_star(sub):
     p.add_argument('--Apix', type=float, metavar='A', default=None, help="pixel size to write, Å (default: the CTF's, rescaled to the images' box)")
     return p
 
-def run_write_star(args):
+def run_write_star(args, # the parsed command line (argparse.Namespace)
+                   ):
     import numpy as np
     from drgnai_nb import io, data
     if _ext(args.out) != '.star': raise _input_error(f'{args.out}: the output must end in .star')
@@ -577,7 +593,8 @@ def run_write_star(args):
 
 register('write-star', add_write_star, run_write_star)
 
-def add_filter_cs(sub):
+def add_filter_cs(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                  ):
     p = new_parser(sub, 'filter-cs', help='keep selected rows of a cryoSPARC .cs',
         description='Write the rows IND of a cryoSPARC .cs table as a new .cs (same fields), to import a selection\n'
                     'back into cryoSPARC.',
@@ -587,7 +604,8 @@ def add_filter_cs(sub):
     p.add_argument('-o', '--out', required=True, metavar='OUT.cs', help='output .cs')
     return p
 
-def run_filter_cs(args):
+def run_filter_cs(args, # the parsed command line (argparse.Namespace)
+                  ):
     from drgnai_nb import io
     a = io.read_cs(args.cs)
     ind = io.load_ind(args.ind, len(a), allow_empty=False)
@@ -598,7 +616,8 @@ def run_filter_cs(args):
 register('filter-cs', add_filter_cs, run_filter_cs)
 
 # %% ../nbs/20_cli.ipynb #99d3e4ee
-def add_train(sub):
+def add_train(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+              ):
     p = new_parser(sub, 'train', help='neural ab initio reconstruction (DRGN-AI)',
         description='Reconstruct a (hyper)volume and per-particle poses (and conformations with --zdim > 0) from particle\n'
                     'images. Writes OUTDIR/weights.E.pt, pose.E.pkl (translations as box fractions), z.E.pkl,\n'
@@ -629,7 +648,7 @@ def add_train(sub):
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1' (default: auto)")
     return p
 
-def read_yaml_config(path:str|Path, # a YAML file of `TrainConfig` fields
+def read_yaml_config(path:str|Path, # a YAML file of TrainConfig fields
                      known:set|None=None, # the valid field names (None: any)
                     )->dict: # config fields
     "A YAML file of config fields (safe loader: no code runs), its syntax errors named by file and line, unknown fields by name."
@@ -646,7 +665,9 @@ def read_yaml_config(path:str|Path, # a YAML file of `TrainConfig` fields
     if bad: raise _input_error(f'{p}: unknown config field(s) {bad}; valid fields: {sorted(known)}')
     return d
 
-def train_config_from_args(args, cuda:bool=None):
+def train_config_from_args(args, # the parsed train command line (argparse.Namespace)
+                           cuda:bool=None, # whether a GPU is there (picks the default preset); None: ask torch
+                          ):
     "Build a `TrainConfig` from `train` arguments: preset < --config < options < --set. Returns (config, note)."
     import yaml, torch
     from dataclasses import fields
@@ -673,7 +694,8 @@ def train_config_from_args(args, cuda:bool=None):
         d['classify_rounds'] = (d.get('classify_rounds') or 3) if args.classes else 0
     return TrainConfig.preset(preset, **parse_set(d, args.set)), note  # the user's fields over the preset's for this zdim
 
-def run_train(args):
+def run_train(args, # the parsed command line (argparse.Namespace)
+              ):
     from drgnai_nb.train import Trainer, TrainConfig
     from drgnai_nb.io import resolve_run_path
     from drgnai_nb.train import latest_epoch, settle_replacement
@@ -700,7 +722,8 @@ def run_train(args):
 register('train', add_train, run_train)
 
 # %% ../nbs/20_cli.ipynb #43a00bb9
-def add_demo(sub):
+def add_demo(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+             ):
     p = new_parser(sub, 'demo', help='simulate a dataset and reconstruct it ab initio (built-in data)',
         description='Simulate particle images of the built-in molecule (OUTDIR/data), reconstruct them ab initio\n'
                     '(OUTDIR/run), and print the pose errors and resolution against the ground truth\n'
@@ -718,7 +741,8 @@ def add_demo(sub):
     p.add_argument('--overwrite', action='store_true', help='replace an existing demo in OUTDIR')
     return p
 
-def run_demo(args):
+def run_demo(args, # the parsed command line (argparse.Namespace)
+             ):
     import json
     from drgnai_nb.simulate import SimConfig, simulate_to_dir
     from drgnai_nb.train import TrainConfig, Trainer, parse_set, compare_to_truth, format_truth_table
@@ -748,7 +772,8 @@ def _vol_options(p, downsample=True):
     p.add_argument('--invert', action='store_true', help='negate the density')
     if downsample: p.add_argument('-d', '--downsample', type=int, metavar='D', default=None, help="box of the maps (Fourier-cropped), pixels (default: the run's)")
 
-def add_analyze(sub):
+def add_analyze(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                ):
     p = new_parser(sub, 'analyze', help='latent space, clusters, maps, junk and figures of a trained run',
         description='Analyse a trained run and write RUNDIR/analyze.E/: latent PCA (explained variance), a 2-D embedding\n'
                     '(UMAP when umap-learn is installed, else t-SNE), k-means (--ksample) with centres snapped to particles\n'
@@ -779,7 +804,8 @@ def add_analyze(sub):
     _vol_options(p)
     return p
 
-def run_analyze(args):
+def run_analyze(args, # the parsed command line (argparse.Namespace)
+                ):
     from drgnai_nb.analysis import analyze
     for n in ('ksample', 'n_per_pc'):
         if getattr(args, n) < 1: raise _input_error(f'--{n.replace("_", "-")}: expected an integer >= 1, got {getattr(args, n)}')
@@ -795,7 +821,8 @@ def run_analyze(args):
 register('analyze', add_analyze, run_analyze)
 
 # %% ../nbs/20_cli.ipynb #2c73c17b
-def add_eval_vol(sub):
+def add_eval_vol(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                 ):
     p = new_parser(sub, 'eval-vol', help='maps of a trained run at given conformations',
         description='Evaluate the decoder of a run at each z and write OUTDIR/vol_000.mrc, vol_001.mrc, ... in the order\n'
                     'given, with the true pixel size. A homogeneous run gives its one map (no -z).',
@@ -813,7 +840,8 @@ def add_eval_vol(sub):
     _vol_options(p)
     return p
 
-def run_eval_vol(args):
+def run_eval_vol(args, # the parsed command line (argparse.Namespace)
+                 ):
     from drgnai_nb.analysis import load_run, read_z, write_volumes
     run = load_run(args.rundir, args.epoch, args.device)
     if run.zdim == 0:
@@ -829,7 +857,8 @@ def run_eval_vol(args):
 
 register('eval-vol', add_eval_vol, run_eval_vol)
 
-def add_traverse(sub):
+def add_traverse(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+                 ):
     p = new_parser(sub, 'traverse', help='maps along a PC, a straight line or a graph path in latent space',
         description='Conformations along a path through the latent space, written as OUTDIR/z_values.txt (and, for graph\n'
                     'paths, path_ind.txt: run positions of the particles on the path) and maps vol_000.mrc ... :\n'
@@ -851,7 +880,8 @@ def add_traverse(sub):
     _vol_options(p)
     return p
 
-def run_traverse(args):
+def run_traverse(args, # the parsed command line (argparse.Namespace)
+                 ):
     import numpy as np
     from drgnai_nb import analysis as A
     from drgnai_nb.io import atomic_write
@@ -879,7 +909,8 @@ def run_traverse(args):
 register('traverse', add_traverse, run_traverse)
 
 # %% ../nbs/20_cli.ipynb #66a23f88
-def add_filter(sub):
+def add_filter(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_subparsers)
+               ):
     p = new_parser(sub, 'filter', help='keep a selection of particles: index pickle, RELION star, cryoSPARC .cs',
         description='Select particles of a trained run and write OUTDIR/NAME.pkl (original indices, for `train --ind`),\n'
                     'NAME.star (RELION 3.1 with the run\'s poses; needs the run\'s CTF) and, when the run read its particles\n'
@@ -905,7 +936,8 @@ def add_filter(sub):
     p.add_argument('--name', default='keep', help='base name of the files')
     return p
 
-def run_filter(args):
+def run_filter(args, # the parsed command line (argparse.Namespace)
+               ):
     import numpy as np
     from drgnai_nb import analysis as A
     from drgnai_nb.io import save_ind

@@ -83,7 +83,7 @@ class TrainConfig:
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
     classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
     classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
-    classify_folds: int = 4 # cross-validation folds of its class maps (`class_fold_maps`; 2: half maps)
+    classify_folds: int = 4 # cross-validation folds of its class maps (class_fold_maps; 2: half maps)
     classify_z: str = 'classes' # z after that classification, from the embedding of: 'classes' (where each particle lies between the class maps, `Trainer.class_amplitudes`: discrete states), 'both' (that, a variability fit at the class poses and how well each class map fits the particle: motion) or 'variability' (the fit only)
     # --- loss mask
     output_mask: str = 'circ' # 'circ' (radius D/2) or 'frequency_marching'

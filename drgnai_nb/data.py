@@ -108,8 +108,9 @@ def window_mask(D:int, # box size, pixels
 
 def preprocess(imgs, # (B, D, D) real-space images (numpy or torch)
                invert:bool=True, # multiply by −1 (RELION-extracted particles are white)
-               window:bool=True, # apply `window_mask`
-               in_rad:float=0.85, out_rad:float=0.99, # window radii
+               window:bool=True, # apply window_mask
+               in_rad:float=0.85, # window: radius (fraction of the half-box) where the ramp starts
+               out_rad:float=0.99, # window: radius where it reaches 0
                norm:tuple=None, # (mean, std) to normalise with; None: not normalised
               )->Tensor: # (B, D+1, D+1) float32 symmetrised Hartley images
     "Window, invert, centred Hartley transform, symmetrise, normalise: the training input."
@@ -124,7 +125,7 @@ def estimate_norm(src:ImageSource, # particle images
                   n:int=1000, # size of the random subsample
                   invert:bool=True, # as in preprocessing
                   seed:int=0, # subsample seed
-                  batch_size:int=500,
+                  batch_size:int=500, # images per batch
                  )->tuple: # (mean, std): mean fixed at 0, std of the symmetrised HT
     "σ of the symmetrised Hartley transforms of a random subsample of (inverted, unwindowed) images; mean fixed at 0."
     rng = np.random.default_rng(seed)
@@ -140,7 +141,7 @@ def estimate_norm(src:ImageSource, # particle images
 def buffered_shuffle(indices, # the particles to visit (positions)
                      chunk:int=256, # consecutive particles read together
                      buffer:int=16, # chunks shuffled together
-                     generator:np.random.Generator=None,
+                     generator:np.random.Generator=None, # random source (default: a fresh unseeded one)
                     )->np.ndarray: # a permutation of `indices`
     "A visiting order that reads contiguous chunks, shuffled within a buffer of several chunks."
     if chunk < 1 or buffer < 1: raise DrgnaiInputError(f'buffered_shuffle: chunk and buffer must be >= 1, got {chunk}, {buffer}')
@@ -201,7 +202,8 @@ def downsample_images(imgs, # (B, D, D) real images
     h = ht2_center(x.double())[..., a:a + d, a:a + d]
     return (iht2_center(h) * (d / D) ** 2).float()
 
-def free_bytes(path:str|Path)->int: # bytes free on the filesystem that would hold `path`
+def free_bytes(path:str|Path, # a file or folder (need not exist yet)
+              )->int: # bytes free on the filesystem that would hold `path`
     "Free space where `path` would be written (its nearest existing folder)."
     p = Path(path).resolve()
     while not p.exists() and p != p.parent: p = p.parent
@@ -211,7 +213,7 @@ def downsample_stack(src:ImageSource, # particle images
                      out:str|Path, # destination .mrcs
                      d:int, # new box size
                      batch_size:int=1000, # images per batch
-                     progress:bool=True,
+                     progress:bool=True, # show a progress bar
                     )->Path:
     "Downsample a whole particle source into a new `.mrcs` (streamed, written atomically, true pixel size)."
     import mrcfile

@@ -108,7 +108,7 @@ class DistributedTrainer(Trainer):
         return self.ddp(coords, R, z)
 
     def _step(self, loss:Tensor, where:str, tables:bool):
-        "`Trainer._step` (backward through the AMP scaler; DDP averages the decoder's gradients) once every process's loss is finite."
+        "Trainer._step (backward through the AMP scaler; DDP averages the decoder's gradients) once every process's loss is finite."
         ok = torch.isfinite(loss.detach()).float().reshape(1)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every process stops if any diverged
         if not bool(ok): loss, where = loss.detach() * float('nan'), where + f' (on some of the {self.world} processes)'
@@ -180,13 +180,19 @@ class DistributedTrainer(Trainer):
         gc.collect()
 
 # %% ../nbs/15_distributed.ipynb #b562dd06
-def make_trainer(cfg:TrainConfig, outdir:str|Path, overwrite:bool=False, load:str|None=None, progress:bool=True)->Trainer:
+def make_trainer(cfg:TrainConfig, # the run's settings
+                 outdir:str|Path, # run directory
+                 overwrite:bool=False, # allow replacing an existing run
+                 load:str|None=None, # 'latest' or a weights.E.pt path to resume from
+                 progress:bool=True, # show progress bars
+                )->Trainer:
     "A `DistributedTrainer` when torchrun started several processes (`WORLD_SIZE` > 1), else a `Trainer`."
     cls = DistributedTrainer if int(os.environ.get('WORLD_SIZE', '1')) > 1 else Trainer
     return cls(cfg, outdir, overwrite=overwrite, load=load, progress=progress)
 
 # %% ../nbs/15_distributed.ipynb #ab5b6a2f
-def main(argv:list=None):
+def main(argv:list=None, # command-line arguments (default: sys.argv[1:])
+        ):
     "torchrun entry point: `torchrun --nproc-per-node K -m drgnai_nb.distributed CONFIG.yaml OUTDIR [options]`."
     import yaml
     p = argparse.ArgumentParser(prog='python -m drgnai_nb.distributed', description=main.__doc__)

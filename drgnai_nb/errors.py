@@ -8,3 +8,6 @@ __all__ = ['DrgnaiInputError']
 # %% ../nbs/03a_errors.ipynb #2206a2ad
 class DrgnaiInputError(ValueError):
     "Bad input: a file, row or field that is missing, malformed or inconsistent; the message says which and what was expected."
+    def __init__(self, *args, # the message (one string: the file, row or field, and what was expected)
+                ): super().__init__(*args)
+

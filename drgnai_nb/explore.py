@@ -29,7 +29,7 @@ _all_ = [
 
 # %% ../nbs/14_explore.ipynb #2dd5e986
 def load_table(run:Run, # the loaded run
-               analysis:str|Path|None=None, # an `analyze` output folder with particles.csv
+               analysis:str|Path|None=None, # an analyze output folder with particles.csv
                k:int=20, # k-means clusters when computing on the fly
               )->tuple: # (table indexed by run position, name of the cluster column or None)
     "The per-particle table of an analysis folder, or one computed now."
@@ -175,7 +175,7 @@ class LatentExplorer(_ExplorerSelection, _ExplorerViews, _ExplorerSave):
     "Scatter of the particle table with selection, a paged table and gallery of the selection, and save buttons."
     def __init__(self,
                  run:Run, # the loaded run
-                 table:pd.DataFrame, # per-particle table (`load_table`), indexed by run position
+                 table:pd.DataFrame, # per-particle table (load_table), indexed by run position
                  cluster_column:str|None=None, # column to colour by and pick clusters from
                  outdir:str|Path|None=None, # where the save buttons write (default RUNDIR/selections)
                  max_points:int=1_000_000, # plot a random subset beyond this many particles (selection still covers all)
@@ -256,10 +256,10 @@ class LatentExplorer(_ExplorerSelection, _ExplorerViews, _ExplorerSave):
         return _bytes(np.nonzero(m[self.shown])[0], np.int32)
 
 def latent_explorer(run:Run|str|Path, # a loaded run or a run directory
-                    analysis:str|Path|None=None, # the `analyze` output folder (default RUNDIR/analyze.E if present)
+                    analysis:str|Path|None=None, # the analyze output folder (default RUNDIR/analyze.E if present)
                     epoch:int|None=None, # epoch, when `run` is a directory
                     outdir:str|Path|None=None, # where selections are saved
-                    **kw, # passed to `LatentExplorer`
+                    **kw, # passed to LatentExplorer
                    )->LatentExplorer:
     "Build the latent-space explorer of a run."
     run = run if isinstance(run, Run) else load_run(run, epoch)
@@ -269,7 +269,7 @@ def latent_explorer(run:Run|str|Path, # a loaded run or a run directory
 
 # %% ../nbs/14_explore.ipynb #bafde8db
 def volume_choices(run:Run, # the loaded run
-                   analysis:str|Path|None=None, # an `analyze` folder with kmeansK/centers.txt, pcN/z_values.txt
+                   analysis:str|Path|None=None, # an analyze folder with kmeansK/centers.txt, pcN/z_values.txt
                   )->dict: # {label: z (zdim,) or None}
     "Conformations to offer in the viewer: cluster centres and PC traversal points."
     if run.zdim == 0: return {'map': None}
@@ -343,7 +343,7 @@ class VolumeViewer:
         return self.show(label)
 
 def volume_viewer(run:Run|str|Path, # a loaded run or a run directory
-                  analysis:str|Path|None=None, # `analyze` folder (default RUNDIR/analyze.E if present)
+                  analysis:str|Path|None=None, # analyze folder (default RUNDIR/analyze.E if present)
                   epoch:int|None=None, # epoch, when `run` is a directory
                   box:int=32, # display box, pixels
                  )->VolumeViewer:

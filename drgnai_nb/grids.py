@@ -85,13 +85,15 @@ def grid_sizes(order:int # resolution level, >= 0
     return 12 * 4**o, 6 * 2**o
 
 def s1_grid(order:int, # resolution level
-            device=None)->Tensor: # (6·2^order,) float64 in-plane angles ψ_j = (j + ½)·2π/n, radians
+            device=None, # torch device of the output (None: CPU)
+           )->Tensor: # (6·2^order,) float64 in-plane angles ψ_j = (j + ½)·2π/n, radians
     "The in-plane (S¹) factor of the grid."
     n = grid_sizes(order)[1]
     return (torch.arange(n, dtype=torch.float64, device=device) + 0.5) * (2 * math.pi / n)
 
 def s2_grid(order:int, # resolution level
-            device=None)->tuple: # (theta, phi): (12·4^order,) float64 HEALPix centres, radians
+            device=None, # torch device of the output (None: CPU)
+           )->tuple: # (theta, phi): (12·4^order,) float64 HEALPix centres, radians
     "The S² factor: HEALPix pixel centres at nside = 2^order, NESTED order."
     return pix2ang_nest(2**order, torch.arange(grid_sizes(order)[0], device=device))
 
@@ -146,7 +148,8 @@ def grid_pose(s2_idx, # (...) int S² pixel indices (NESTED) at `order`
 
 def grid_SO3(order:int, # resolution level: 72·8^order poses
              dtype=torch.float32, # output dtype
-             device=None)->tuple: # (quat (M, 4), R (M, 3, 3)), M = 12·4^order · 6·2^order
+             device=None, # torch device of the output (None: CPU)
+            )->tuple: # (quat (M, 4), R (M, 3, 3)), M = 12·4^order · 6·2^order
     "The whole SO(3) grid at `order`, flat index `s2_idx·n_psi + psi_idx` (cryoDRGN's `grid_SO3` order)."
     n_s2, n_psi = grid_sizes(order)
     i = torch.arange(n_s2 * n_psi, device=device)
@@ -155,7 +158,8 @@ def grid_SO3(order:int, # resolution level: 72·8^order poses
 # %% ../nbs/09_grids.ipynb #7902884d
 def so3_grid_split(order:int, # resolution level
                    dtype=torch.float32, # dtype of the matrices
-                   device=None)->tuple: # (R_s2 (n_s2, 3, 3), psi (n_psi,) float64 radians)
+                   device=None, # torch device of the output (None: CPU)
+                  )->tuple: # (R_s2 (n_s2, 3, 3), psi (n_psi,) float64 radians)
     "The grid as directions × in-plane angles: pose `s·n_psi + j` is `rot_z(psi[j]) @ R_s2[s]`; `R_s2[:, 2]` are the viewing directions."
     theta, phi = s2_grid(order, device)
     return hopf_to_R(theta, phi, torch.zeros_like(theta)).to(dtype), s1_grid(order, device)

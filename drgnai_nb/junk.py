@@ -27,7 +27,7 @@ def junk_by_znorm(z:np.ndarray, # (N, zdim) conformations
     return s > threshold, s
 
 # %% ../nbs/12d_junk.ipynb #a117a7aa
-def junk_by_fit(gain:np.ndarray, # (N,) from `fit_gain`
+def junk_by_fit(gain:np.ndarray, # (N,) from fit_gain
                 min_separation:float=2.0, # Ashman's D the two components need before anything is flagged
                 seed:int=0, # random state of the mixture
                )->tuple: # (junk mask (N,), probability of the low component (N,), {'ashman_d', 'means', 'stds', 'weights'})

@@ -103,7 +103,7 @@ def cluster_latent(z:np.ndarray, # (N, zdim) conformations
     return Clusters(labels, idx, z[idx].astype(np.float32), method)
 
 # %% ../nbs/13a_latent.ipynb #2be73885
-def pc_traversal(pca, # fitted sklearn PCA (from `latent_pca`)
+def pc_traversal(pca, # fitted sklearn PCA (from latent_pca)
                  pc:np.ndarray, # (N, k) PC coordinates of the particles
                  dim:int, # principal component, 1-based
                  n:int=10, # number of points

@@ -58,7 +58,8 @@ def mrc_header(path:str|Path, # .mrc / .mrcs file
                                f'{need} bytes, but the file has {size} bytes ({full} complete images)')
     return MRCInfo(str(p), (nz, ny, nx), dtype, vx if vx > 0 else None, ispg != 0, 1024 + nsym)
 
-def check_mrc_box(info:MRCInfo)->MRCInfo:
+def check_mrc_box(info:MRCInfo, # header of the file (read_mrc_header)
+                 )->MRCInfo:
     "Require square images with an even box (the package's `D`)."
     nz, ny, nx = info.shape
     if ny != nx: raise DrgnaiInputError(f'{info.path}: images are {ny}x{nx} pixels (rows x columns); a square box is required')
@@ -160,7 +161,7 @@ class MRCStack:
 
 # %% ../nbs/04c_mrc.ipynb #8d4b0130
 def read_mrc(path:str|Path, # .mrc / .mrcs file
-             lazy:bool=False, # return an `MRCStack` instead of reading everything
+             lazy:bool=False, # return an MRCStack instead of reading everything
              check_box:bool=True, # require square, even images
             )->tuple: # (float32 (N, D, D) stack or (D, D, D) volume — or an MRCStack when lazy, MRCInfo)
     "Read an MRC file as float32 `(nz, ny, nx)` (a single image comes back as `(1, ny, nx)`), with its header facts."

@@ -21,6 +21,10 @@ from .junk import junk_of_gain
 # %% ../nbs/12h_passes.ipynb #7e4368b0
 class Passes:
     "The passes over all particles that a `Trainer` makes with its decoder frozen (a mixin of `Trainer`)."
+    def __init__(self, *args, # a mixin holds no state of its own: the Trainer's constructor sets what the passes read
+                 **kwargs, # (none taken)
+                ): super().__init__(*args, **kwargs)
+
 
 # %% ../nbs/12h_passes.ipynb #64be9d8a
 @patch
@@ -142,7 +146,9 @@ def _set_z(self:Passes, a:Tensor, # (N, K) amplitudes of every particle (any uni
 
 # %% ../nbs/12h_passes.ipynb #ae1c1f2d
 @patch
-def refine_poses(self:Passes, global_search:bool=False)->dict:
+def refine_poses(self:Passes,
+                 global_search:bool=False, # first search globally on the re-search grid, then refine locally
+                )->dict:
     "A pass over all particles with the decoder frozen: optional global search, then local refinement."
     cfg = self.cfg
     if cfg.mode == 'fixed': return {}

@@ -45,6 +45,9 @@ _GUARDED = {('builtins', 'bytes'): _bytes_guard, ('numpy.core.multiarray', '_rec
 
 class SafeUnpickler(pickle.Unpickler):
     "Unpickler that reconstructs only numpy arrays/dtypes/scalars and builtin containers and numbers."
+    def __init__(self, file, # binary file object holding the pickle
+                 **kwargs, # pickle.Unpickler's keyword options (encoding, fix_imports, errors, buffers)
+                ): super().__init__(file, **kwargs)
     def find_class(self, module, name):
         if (module, name) in _compat_pickle.NAME_MAPPING: module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # Python 2 names (`__builtin__`) in protocols < 3

@@ -55,7 +55,7 @@ def find_epoch(rundir:str|Path, # run directory
 
 # %% ../nbs/12c_rundir.ipynb #a6d421c9
 def write_config(rundir:str|Path, # run directory
-                 config:dict, # `TrainConfig.to_dict()`
+                 config:dict, # TrainConfig.to_dict()
                 ):
     "Write the run's settings as `config.yaml` (flat `TrainConfig` fields; atomically)."
     import yaml
@@ -73,7 +73,7 @@ def write_learning_curve(rundir:str|Path, # run directory
 
 def save_epoch(rundir:str|Path, # run directory
                epoch:int, # the epoch
-               state:dict, # the checkpoint: every key `read_checkpoint` needs ('config', 'model_state_dict', 'D', ...)
+               state:dict, # the checkpoint: every key read_checkpoint needs ('config', 'model_state_dict', 'D', ...)
                rot:np.ndarray, # (N, 3, 3) rotations
                trans_px:np.ndarray, # (N, 2) translations, pixels
                z:np.ndarray|None, # (N, zdim) conformations, or None
@@ -101,7 +101,7 @@ def read_checkpoint(path:str|Path, # a weights.E.pt
     return st
 
 # %% ../nbs/12c_rundir.ipynb #7bd43920
-def volume_config(config:dict|TrainConfig, # a run's settings (missing fields: `TrainConfig`'s defaults)
+def volume_config(config:dict|TrainConfig, # a run's settings (missing fields: TrainConfig's defaults)
                   D:int, # box, pixels
                  )->VolumeConfig:
     "The decoder's `models.VolumeConfig` of a run."
@@ -117,7 +117,7 @@ def model_from_config(config:dict|TrainConfig, # a run's settings
     "A freshly initialised decoder of a run (its weights seeded by the run's `seed`)."
     return make_volume(volume_config(config, D))
 
-def model_from_state(st:dict, # a checkpoint (`read_checkpoint`)
+def model_from_state(st:dict, # a checkpoint (read_checkpoint)
                     )->torch.nn.Module:
     "The decoder of a checkpoint, its weights loaded, in eval mode."
     m = model_from_config(st['config'], st['D'])
@@ -129,7 +129,9 @@ def model_from_state(st:dict, # a checkpoint (`read_checkpoint`)
 RUN_FILES = ('weights.*.pt', 'pose.*.pkl', 'z.*.pkl', 'reconstruct.*.mrc', 'run.log', 'learning_curve.*', 'config.yaml',
              'analyze.*', '.*.tmp')
 
-def replaced_dir(out:str|Path)->Path: return Path(out) / '.replaced'  # the old run while its replacement has no checkpoint
+def replaced_dir(out:str|Path, # a run directory
+                )->Path: # where its old run waits while the replacement has no checkpoint
+    return Path(out) / '.replaced'
 
 def _run_items(out:Path)->list: return [p for pat in RUN_FILES for p in Path(out).glob(pat)]
 
@@ -183,7 +185,7 @@ class Run:
     "A trained run loaded for analysis: its decoder, per-particle poses and conformations, and where its particles live."
     rundir:Path # the run directory
     epoch:int # the epoch loaded
-    config:dict # the run's settings (`TrainConfig` fields)
+    config:dict # the run's settings (TrainConfig fields)
     model:torch.nn.Module # decoder (eval mode)
     D:int # box, pixels
     Apix:float # pixel size of the training data, Å
@@ -193,7 +195,7 @@ class Run:
     z:np.ndarray|None # (N, zdim) conformations; None for a homogeneous run
     ind:np.ndarray # (N,) int64 row of each particle in the particle file (original index)
     history:list = field(default_factory=list) # learning-curve records
-    _cache:dict = field(default_factory=dict, repr=False)
+    _cache:dict = field(default_factory=dict, repr=False) # derived tables kept after their first use (particle locations)
 
     @property
     def N(self)->int: return len(self.rot)

@@ -71,7 +71,9 @@ class AmpScaler:
     def backward(self, loss:Tensor, # a scalar loss
                 ): (self.scaler.scale(loss) if self.enabled else loss).backward()
 
-    def step(self, *opts):
+    def step(self,
+             *opts, # the optimisers (torch.optim.Optimizer) to step
+            ):
         "Step each optimiser that holds gradients (fp16: skipped by the scaler when they overflowed), then update the scale."
         stepped = False
         for o in opts:
@@ -95,7 +97,7 @@ def decode_budget(max_elems:int, # `TrainConfig.decode_max_elems`; 0: automatic
     return 2**27 if torch.device(device).type == 'cuda' else 2**24
 
 @contextlib.contextmanager
-def decode_bound(max_elems:int, # bound on batch × points × width of decoder activations held at once (`decode_budget`)
+def decode_bound(max_elems:int, # bound on batch × points × width of decoder activations held at once (decode_budget)
                 ):
     "Run a block with every decoder evaluation chunked to `max_elems` (`models.DECODE_MAX_ELEMS`), restoring the former bound after it."
     old = models_module.DECODE_MAX_ELEMS

@@ -134,7 +134,7 @@ def _star_apix(s:StarFile, Apix):
         if v is None: raise DrgnaiInputError(f'{s.src}: the pixel size is unknown (no _rlnImagePixelSize, nor _rlnDetectorPixelSize with _rlnMagnification); pass Apix=')
     return v
 
-def star_to_poses(star:str|Path|StarFile, # star file or parsed `StarFile`
+def star_to_poses(star:str|Path|StarFile, # star file or parsed StarFile
                   D:int|None=None, # box of the refinement in pixels (default: `_rlnImageSize`)
                   Apix:float|None=None, # pixel size in Å (default: from the file)
                  )->tuple: # (rot (N, 3, 3) float64, trans (N, 2) float64 fraction of the box)
@@ -153,7 +153,7 @@ def star_to_poses(star:str|Path|StarFile, # star file or parsed `StarFile`
         px = np.zeros((len(s), 2))
     return rot, px / _star_box(s, D)[:, None]
 
-def star_to_ctf(star:str|Path|StarFile, # star file or parsed `StarFile`
+def star_to_ctf(star:str|Path|StarFile, # star file or parsed StarFile
                 D:int|None=None, # box in pixels (default: `_rlnImageSize`)
                 Apix:float|None=None, # pixel size in Å (default: from the file)
                 kv:float|None=None, # voltage override, kV

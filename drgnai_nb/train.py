@@ -45,7 +45,10 @@ _all_ = ['AMP_MODES', 'RUN_FILES', 'amp_dtype', 'autocast_for', 'fp32_scores', '
 # %% ../nbs/12_train.ipynb #ca2882c2
 class PoseTable(nn.Module):
     "Per-particle rotations (6-D) and shifts (pixels), trainable."
-    def __init__(self, N:int, rot:Tensor=None, trans_px:Tensor=None):
+    def __init__(self,
+                 N:int, # number of particles
+                 rot:Tensor=None, # (N, 3, 3) starting rotations (default: the identity)
+                 trans_px:Tensor=None): # (N, 2) starting shifts, pixels (default: 0)
         super().__init__()
         self.s2s2 = nn.Embedding(N, 6, sparse=True)
         self.trans = nn.Embedding(N, 2, sparse=True)
@@ -57,7 +60,10 @@ class PoseTable(nn.Module):
         return s2s2_to_R(self.s2s2(idx)), self.trans(idx)
 
     @torch.no_grad()
-    def set(self, idx:Tensor, R:Tensor, t:Tensor):
+    def set(self,
+            idx:Tensor, # (B,) particle positions
+            R:Tensor, # (B, 3, 3) rotations
+            t:Tensor): # (B, 2) shifts, pixels
         "Overwrite rows (e.g. with pose-search results)."
         self.s2s2.weight[idx] = R_to_s2s2(R.float()).to(self.s2s2.weight)
         self.trans.weight[idx] = t.float().to(self.trans.weight)
@@ -69,6 +75,8 @@ class PoseTable(nn.Module):
 # %% ../nbs/12_train.ipynb #562a9aec
 class TrainingDiverged(RuntimeError):
     "The loss became NaN or infinite."
+    def __init__(self, *args): super().__init__(*args) # the message (one string: where the loss stopped being finite)
+
 
 class Trainer(Passes):
     "Trains a DRGN-AI hypervolume on a particle set, writing a cryoDRGN-compatible run directory."
@@ -191,7 +199,14 @@ def _render(self:Trainer, coords:Tensor, R:Tensor, z:Tensor|None)->Tensor:
     return render_slices(self.model, coords, R, z)
 
 @patch
-def loss(self:Trainer, idx:Tensor, y:Tensor, R:Tensor, t:Tensor, z:Tensor|None, radius:int)->Tensor:
+def loss(self:Trainer,
+         idx:Tensor, # (B,) particle positions in the dataset
+         y:Tensor, # (B, D+1, D+1) preprocessed symmetrised Hartley images
+         R:Tensor, # (B, 3, 3) rotations (acting on row vectors)
+         t:Tensor, # (B, 2) shifts, pixels
+         z:Tensor|None, # (B, zdim) conformations; None for a homogeneous run
+         radius:int, # mask radius, pixels of the Fourier lattice
+        )->Tensor: # scalar mean squared error, float32
     "Mean squared error between re-centred images and CTF-weighted slices inside `radius` (px); the decoder under autocast, the error in float32."
     m = self.lat.get_circular_mask(radius)
     B = len(idx)
@@ -393,7 +408,8 @@ def volume(self:Trainer, z=None)->Tensor:
     with decode_bound(self.decode_max_elems): return eval_volume(self.model, z=self.reference_z() if z is None else z, norm=(0.0, self.ds.norm[1])).cpu()
 
 @patch
-def save(self:Trainer, epoch:int):
+def save(self:Trainer,
+         epoch:int): # the epoch just finished (0-based; names the files: weights.E.pt, pose.E.pkl, ...)
     "Checkpoint epoch `epoch`: weights, poses, conformations, map (each written atomically)."
     r, t = self.current_poses()
     state = {'epoch': epoch, 'config': self.cfg.to_dict(), 'model_state_dict': self.model.state_dict(),
@@ -424,6 +440,11 @@ def _load(self:Trainer, load:str):
     self.scaler.load_state_dict(st.get('amp_scaler') or {})  # fp16 runs: the loss scale reached
     self.log(f'resumed from {path} (epoch {self.epoch})' + (f'; changed settings: {", ".join(changed)}' if changed else ''))
 
-def train(cfg:TrainConfig, outdir:str|Path, overwrite:bool=False, load:str|None=None, progress:bool=True)->Trainer:
+def train(cfg:TrainConfig, # the run's settings
+          outdir:str|Path, # run directory
+          overwrite:bool=False, # allow replacing an existing run
+          load:str|None=None, # 'latest' or a weights.E.pt path to resume from
+          progress:bool=True, # show progress bars
+         )->Trainer:
     "Build a `Trainer` and run it to the end of its schedule."
     return Trainer(cfg, outdir, overwrite, load, progress).fit()

@@ -115,7 +115,8 @@ def compare_to_truth(rundir:str|Path, # a run directory
             'trans_mean_px': float(np.mean(pe.trans)), 'fsc05_px': float(min(res)), 'Apix': info.Apix}
 
 # %% ../nbs/12e_truth.ipynb #60d4a0fb
-def format_truth_table(d:dict)->str:
+def format_truth_table(d:dict, # the comparison (compare_to_truth)
+                      )->str: # a markdown table
     "The comparison as a table in the form of the DRGN-AI paper's (medians, with means in brackets)."
     return ('| out-of-plane (°) | in-plane (°) | translation (px) | resolution FSC=0.5 (px) |\n|---|---|---|---|\n'
             f"| {d['out_of_plane_median_deg']:.2f} ({d['out_of_plane_mean_deg']:.2f}) | {d['in_plane_median_deg']:.2f} "

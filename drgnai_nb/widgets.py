@@ -244,6 +244,8 @@ class ScatterGL(anywidget.AnyWidget):
     idx = traitlets.Bytes(b'').tag(sync=True)  # int32 run position of each shown point (hover text)
     sel = traitlets.Bytes(b'').tag(sync=True)  # int32 indices into the shown points of the selected ones
     spec = traitlets.Dict().tag(sync=True)
-    def __init__(self, **kw):
+    def __init__(self,
+                 **kw, # initial trait values (x, y, c, idx, sel, spec), as anywidget.AnyWidget takes them
+                ):
         type(self)._esm = _scatter_esm()
         super().__init__(**kw)
