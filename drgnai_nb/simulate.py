@@ -170,7 +170,7 @@ class SimResult:
     labels: Tensor # (N,) int state index (0 for homogeneous), −1 for junk
     u: Tensor # (N,) conformation in [0, 1] (nan for junk)
     volumes: list # ground-truth volumes (D, D, D): one per state (homogeneous/discrete), or at u = 0, 0.5, 1
-    config: SimConfig
+    config: SimConfig # the settings that made it
 
 # %% ../nbs/07_simulate.ipynb #1d35e0d1
 def _draw_ctf(cfg:SimConfig, g:torch.Generator)->Tensor:
@@ -276,7 +276,7 @@ def simulate(cfg:SimConfig, # the simulation settings
 def simulate_to_dir(cfg:SimConfig, # simulation settings
                     outdir:str|Path, # output folder (created)
                     overwrite:bool=False, # replace an existing dataset
-                    progress:bool=True,
+                    progress:bool=True, # show a progress bar
                    )->dict: # paths of the files written
     "Simulate and write the stack, star, CTF and pose pickles, ground-truth volumes, labels and config."
     out = Path(outdir)

@@ -83,7 +83,7 @@ def test_marked_numbers_match_outputs(path):
 
 
 # tutorials whose stored outputs still come from an execution before their paths were hidden (re-execute, then drop)
-PATHS_PENDING = {'04_heterogeneity': 'stored outputs print the working folder; needs a re-execution (two runs, ~25 min)'}
+PATHS_PENDING = {}  # tutorials whose stored outputs still print a machine path (none)
 
 
 @pytest.mark.parametrize('path', [pytest.param(p, marks=pytest.mark.xfail(reason=PATHS_PENDING[p.stem], strict=True))
