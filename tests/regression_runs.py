@@ -2,12 +2,25 @@
 
 Used by `tests/test_regression.py` (which compares them with `tests/goldens/regression.json`) and runnable on its own:
 `python tests/regression_runs.py [--threads N] [--write]` prints the digests (and with `--write` stores them as the goldens).
-A digest is of the arrays' bytes (not of the pickle files): the final epoch's rotations, translations, z and map voxels."""
-import argparse, hashlib, json, sys, tempfile, time
+A digest is of the arrays' bytes (not of the pickle files): the final epoch's rotations, translations, z and map voxels.
+
+The runs execute under `PINNED` (set before torch is imported: the script re-executes itself with it): torch's own
+kernels at AVX2 (`ATEN_CPU_CAPABILITY`), MKL in conditional numerical reproducibility mode at AVX2 (`MKL_CBWR`),
+oneDNN capped at AVX2 and one thread. Without it the bits depend on the processor: on this project's AMD machine MKL's
+native path and its AVX2 path already differ in two of the five modes, and an AVX-512 machine would differ again."""
+import argparse, hashlib, json, os, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
 GOLDENS = Path(__file__).parent / 'goldens' / 'regression.json'
+PINNED = {'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'AVX2,STRICT', 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'OMP_NUM_THREADS': '1',
+          'MKL_NUM_THREADS': '1'}
+
+
+def has_avx2()->bool:
+    "Whether this processor can run the pinned (AVX2) code paths."
+    try: return ' avx2 ' in ' ' + Path('/proc/cpuinfo').read_text().replace('\n', ' ') + ' '
+    except OSError: return False
 
 # one tiny schedule for all modes: 2 SGD epochs so that the refinement passes (with global re-search), the variability
 # start of z, its re-estimate and the 3-D classification before the last epoch all run
@@ -62,8 +75,12 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--write', action='store_true', help='store the digests as the goldens')
+    ap.add_argument('--json', type=Path, default=None, help='also write the digests to this file')
     a = ap.parse_args()
+    if any(os.environ.get(k) != v for k, v in PINNED.items()):  # pin the numerics before torch is imported
+        os.execve(sys.executable, [sys.executable, __file__] + sys.argv[1:], {**os.environ, **PINNED})
     t0 = time.time()
     res = run_all(a.threads)
     print(json.dumps(res, indent=1)); print(f'{time.time() - t0:.1f} s', file=sys.stderr)
+    if a.json: a.json.write_text(json.dumps(res))
     if a.write: GOLDENS.write_text(json.dumps(res, indent=1) + '\n')

@@ -2,25 +2,28 @@
 with zdim 2, 3-D classification into 2 classes, fixed poses, refinement) give the same poses, z, maps and losses as
 the goldens in `tests/goldens/regression.json` (made with `python tests/regression_runs.py --write`).
 
-Measured when the goldens were made (main at 06e3582, torch 2.13.0 CPU): the digests are identical run to run and
-with 1 or 2 torch threads, so the comparison is exact (sha256 of the arrays' bytes, losses as floats). The runs pin one
-thread (`TrainConfig.num_threads=1`, device 'cpu'); about 20 s in all. A change that alters any bit of the training
-arithmetic (the order of a sum, a random draw, a schedule step) fails here: regenerate the goldens only for a change
-that is meant to change the numbers, and say so in its commit."""
-import json, sys
+The runs execute in a child process under pinned numerics (`regression_runs.PINNED`: torch kernels, MKL and oneDNN at
+AVX2, one thread), so that the bits do not depend on the processor the tests run on. Measured when the goldens were
+made (main at 06e3582 before the redesign of issue 25, and after it; torch 2.13.0 CPU): the digests are identical run
+to run and before/after. About 40 s. A change that alters any bit of the training arithmetic (the order of a sum, a
+random draw, a schedule step) fails here: regenerate the goldens only for a change that is meant to change the
+numbers, and say so in its commit."""
+import json, subprocess, sys
 from pathlib import Path
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from regression_runs import GOLDENS, MODES, run_all
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from regression_runs import GOLDENS, MODES, has_avx2
 
 
 @pytest.fixture(scope='module')
-def digests():
-    n = torch.get_num_threads()
-    try: yield run_all(threads=1)
-    finally: torch.set_num_threads(n)
+def digests(tmp_path_factory):
+    if not has_avx2(): pytest.skip('the pinned numerics need an AVX2 processor')
+    out = tmp_path_factory.mktemp('regression') / 'digests.json'
+    r = subprocess.run([sys.executable, str(HERE / 'regression_runs.py'), '--json', str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize('mode', list(MODES))
