@@ -136,6 +136,7 @@ class AtomicSimConfig:
     motion_angle: float = 40.0 # their turn at u = 1, degrees
     motion_axis: tuple = None # (x, y, z) axis; None: normal to the hinge / arm / body plane
     hinge: tuple = None # (x, y, z) Å in the model's frame; None: the interface centroid
+    motion_states: int = 0 # with moving: K >= 2 fixed positions u = 0, 1/(K−1), …, 1 of the moving atoms (discrete states, labels 0..K−1); 0: u uniform in [0, 1] (continuous)
     junk_fraction: float = 0.0 # fraction of junk particles
     seed: int = 0 # random seed
     oversample: int = 2 # fine grid of the map rendering / output grid
@@ -156,6 +157,8 @@ class AtomicSimConfig:
         if self.preferred_views and self.poses_from: raise ValueError('preferred_views applies when no poses_from file is given')
         if not 0 <= self.uniform_fraction <= 1: raise ValueError(f'uniform_fraction must be in [0, 1], got {self.uniform_fraction}')
         if self.moving and self.maps: raise ValueError('a rigid-body motion (moving) needs an atomic model, not a map')
+        if self.motion_states < 0 or self.motion_states == 1: raise ValueError(f'motion_states must be 0 (continuous) or >= 2 positions, got {self.motion_states}')
+        if self.motion_states and not self.moving: raise ValueError('motion_states needs moving (the atoms whose positions are the states)')
         if self.moving and len(self.models) > 1: raise ValueError('give one model with moving (continuous), or several models (discrete), not both')
         if self.bfactor < 0 and not self.model_bfactors: raise ValueError(f'bfactor must be >= 0 Å², got {self.bfactor}')
         for name in ('motion_axis', 'hinge'):
@@ -168,12 +171,18 @@ class AtomicSimConfig:
 
     @property
     def heterogeneity(self)->str:
-        "'continuous' (a moving selection), 'discrete' (several models or maps) or 'none'."
-        return 'continuous' if self.moving else 'discrete' if len(self.models or self.maps) > 1 else 'none'
+        "'continuous' (a moving selection), 'discrete' (several models or maps, or a moving selection at `motion_states` positions) or 'none'."
+        if self.moving: return 'discrete' if self.motion_states else 'continuous'
+        return 'discrete' if len(self.models or self.maps) > 1 else 'none'
 
 # %% ../nbs/07a_atomic.ipynb #75292b5f
+def _positions(cfg:AtomicSimConfig)->list:
+    "The u of the ground-truth maps of a motion: each of the `motion_states` positions, else u = 0, 0.5, 1."
+    K = cfg.motion_states
+    return [k / (K - 1) for k in range(K)] if K else [0.0, 0.5, 1.0]
+
 def _states(cfg:AtomicSimConfig)->dict:
-    "The maps to slice: {'vols': [(D, D, D)], 'arm': map or None, 'motion', 'centre' Å, 'truth': ground-truth maps, 'info'}."
+    "The maps to slice: {'vols': [(D, D, D)], 'arm': map or None, 'motion', 'centre' Å, 'truth': ground-truth maps, 'info', 'at': u -> the map at u (motions)}."
     from drgnai_nb.io import read_mrc, mrc_header
     D, Apix, info = cfg.D, cfg.Apix, {}
     if cfg.maps:
@@ -200,7 +209,7 @@ def _states(cfg:AtomicSimConfig)->dict:
         mot = make_motion(ref, mv, cfg.motion_angle, cfg.motion_axis, cfg.hinge)
         info.update(moving_atoms=int(mv.sum()), hinge_A=mot.hinge.tolist(), motion_axis=mot.axis.tolist(), motion_angle_deg=mot.angle)
         return {'vols': [vol(ref.subset(~mv))], 'arm': vol(ref.subset(mv)), 'motion': mot, 'centre': c,
-                'truth': [vol(mot.apply(ref, x)) for x in (0.0, 0.5, 1.0)], 'info': info}
+                'truth': [vol(mot.apply(ref, x)) for x in _positions(cfg)], 'info': info, 'at': lambda x: vol(mot.apply(ref, x))}
     vols = [vol(m) for m in models]
     return {'vols': vols, 'arm': None, 'motion': None, 'centre': c, 'truth': vols, 'info': info}
 
@@ -240,8 +249,9 @@ def simulate_atomic(cfg:AtomicSimConfig, # the simulation settings
     rot, trans_px, ctf = _draw_poses_ctf(cfg, g)
     junk = torch.rand(N, generator=g) < cfg.junk_fraction
     K = len(st['vols'])
-    if cfg.heterogeneity == 'discrete':
-        labels = torch.randint(0, K, (N,), generator=g); u = labels.double() / (K - 1)
+    if cfg.heterogeneity == 'discrete':  # several models, or the moving atoms at `motion_states` positions
+        Ks = cfg.motion_states or K
+        labels = torch.randint(0, Ks, (N,), generator=g); u = labels.double() / (Ks - 1)
     elif cfg.heterogeneity == 'continuous':
         u = torch.rand(N, generator=g, dtype=torch.float64); labels = torch.zeros(N, dtype=torch.long)
     else:
@@ -294,5 +304,5 @@ def simulate_atomic_to_dir(cfg:AtomicSimConfig, # simulation settings
         raise FileExistsError(f'{out} already holds a simulated dataset (particles.mrcs); pass overwrite=True to replace it')
     sim = simulate_atomic(cfg, progress)  # all input errors are raised here, before anything is written
     d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    d.update(heterogeneity=cfg.heterogeneity, n_states=len(cfg.models or cfg.maps), source='atomic', **sim.info)
+    d.update(heterogeneity=cfg.heterogeneity, n_states=cfg.motion_states or len(cfg.models or cfg.maps), source='atomic', **sim.info)
     return write_simulation(out, sim, cfg.Apix, d)  # the built-in simulator's files, all or none

@@ -7,8 +7,9 @@ __all__ = ['PROG', 'COMMANDS', 'register', 'HelpFormatter', 'new_parser', 'avail
            'check_numbers', 'main', 'add_simulate', 'run_simulate', 'add_parse', 'run_parse', 'add_downsample',
            'run_downsample', 'add_backproject', 'run_backproject', 'add_fsc', 'run_fsc', 'add_pose_error',
            'run_pose_error', 'add_write_star', 'run_write_star', 'add_filter_cs', 'run_filter_cs', 'add_train',
-           'read_yaml_config', 'train_config_from_args', 'run_train', 'add_demo', 'run_demo', 'add_analyze',
-           'run_analyze', 'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter', 'run_filter']
+           'read_yaml_config', 'train_config_from_args', 'run_train', 'rerun_without_junk', 'add_demo', 'run_demo',
+           'add_analyze', 'run_analyze', 'add_eval_vol', 'run_eval_vol', 'add_traverse', 'run_traverse', 'add_filter',
+           'run_filter']
 
 # %% ../nbs/20_cli.ipynb #997e46e1
 import argparse
@@ -227,11 +228,12 @@ def add_simulate(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add
     a.add_argument('--noise-color', type=float, default=0.0, metavar='ALPHA', help='noise power ∝ (|k|/Nyquist)^-ALPHA (0: white)')
     a.add_argument('--moving', default=None, metavar='SEL', help="gemmi selection(s), ';'-joined, of atoms turned rigidly: continuous heterogeneity (e.g. '//H/1-220;//L')")
     a.add_argument('--motion-angle', type=float, default=40.0, metavar='DEG', help='turn of the moving atoms at u = 1, degrees')
+    a.add_argument('--motion-states', type=int, default=0, metavar='K', help='with --moving: K >= 2 fixed positions of the moving atoms (discrete states u = 0..1) instead of a continuum')
     a.add_argument('--motion-axis', nargs=3, type=float, default=None, metavar=('X', 'Y', 'Z'), help='axis of the turn (default: normal to the hinge / arm / body plane)')
     a.add_argument('--hinge', nargs=3, type=float, default=None, metavar=('X', 'Y', 'Z'), help="point on the axis, Å in the model's frame (default: the interface centroid)")
     return p
 
-_ATOMIC_ONLY = ('select', 'model_bfactors', 'poses_from', 'ctf_from', 'preferred_views', 'noise_color', 'moving', 'motion_axis', 'hinge')
+_ATOMIC_ONLY = ('select', 'model_bfactors', 'poses_from', 'ctf_from', 'preferred_views', 'noise_color', 'moving', 'motion_axis', 'hinge', 'motion_states')
 
 def _run_simulate_atomic(args):
     from drgnai_nb import io
@@ -253,7 +255,7 @@ def _run_simulate_atomic(args):
                               kv=args.kv, cs=args.cs, w=args.amp_contrast, ctf_from=args.ctf_from, poses_from=args.poses_from,
                               shift_px=args.shift_px, preferred_views=args.preferred_views, view_spread=args.view_spread,
                               uniform_fraction=args.uniform_fraction, moving=args.moving, motion_angle=args.motion_angle,
-                              motion_axis=args.motion_axis, hinge=args.hinge, junk_fraction=args.junk_fraction, seed=args.seed,
+                              motion_axis=args.motion_axis, hinge=args.hinge, motion_states=args.motion_states, junk_fraction=args.junk_fraction, seed=args.seed,
                               batch_size=args.batch_size)
     except ValueError as e: raise _input_error(f'simulate: {e}') from e
     files = simulate_atomic_to_dir(cfg, args.outdir, overwrite=args.overwrite, progress=not args.no_progress)
@@ -625,6 +627,7 @@ def add_train(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_su
         example='drgnai-nb train run/ --particles sim/particles.mrcs --ctf sim/ctf.pkl --preset cpu\n'
                 'drgnai-nb train run/ --particles P.star --datadir stacks/ --ctf ctf.pkl --zdim 4 --set epochs_sgd=50\n'
                 'drgnai-nb train run/ --particles P.star --ctf ctf.pkl --zdim 4 --classes 3   # three states expected\n'
+                'drgnai-nb train run/ --particles P.star --ctf ctf.pkl --zdim 4 --remove-junk   # then again without junk\n'
                 'drgnai-nb train run/ --load latest     # resume an interrupted run', progress=True)
     p.add_argument('outdir', metavar='OUTDIR', help='run directory')
     p.add_argument('--particles', metavar='P', help='particles: .mrcs, .mrc, .star, .cs or .txt')
@@ -633,8 +636,10 @@ def add_train(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_su
     p.add_argument('--datadir', metavar='DIR', help='folder of the stacks named in a .star/.cs')
     p.add_argument('--zdim', type=int, metavar='Z', help='conformation size; 0 = homogeneous (default 0)')
     p.add_argument('--classes', type=int, metavar='K', help='heterogeneous runs: 3-D classification into K states before the last\n'
-                   'epoch (sets classify_k=K and, unless given, classify_rounds=3; 0: none); z then comes from\n'
-                   'where each particle lies between the class maps (classify_z=classes; both for a motion)')
+                   'epoch (sets classify_k=K and, unless given, classify_rounds=3; 0: none). Default: the presets\n'
+                   'classify into the number of states found in z (classify_k=0, `states.count_states`), and not\n'
+                   'at all when z is one connected cloud (a motion keeps its order). z then comes from where each\n'
+                   'particle lies between the class maps (classify_z=classes; both for a motion)')
     p.add_argument('--mode', choices=['abinit', 'refine', 'fixed'], help='pose estimation (default abinit)')
     p.add_argument('--ind', metavar='IND', help='index pickle selecting particles')
     p.add_argument('--preset', choices=['cpu', 'gpu'], help='size of model and search (default: gpu if CUDA is available, else cpu)')
@@ -642,6 +647,10 @@ def add_train(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_su
     p.add_argument('--set', nargs='+', action='extend', metavar='KEY=VALUE', default=[], help='override any config field, e.g. --set lr=1e-3 epochs_sgd=20\n'
                    '(repeatable: every --set adds to the others)')
     p.add_argument('--load', metavar='latest|weights.E.pt', help='resume from the latest checkpoint of OUTDIR, or from a given one')
+    p.add_argument('--remove-junk', action='store_true', help='junk in one step: after training, flag the particles the model explains\n'
+                   "little of (the fit rule of `analyze`, the union of its gain and log-gain mixtures), save\n"
+                   'OUTDIR/junk.pkl and OUTDIR/keep.pkl (original indices), and train again on the kept\n'
+                   'particles with the same settings in OUTDIR/without_junk/')
     p.add_argument('--overwrite', action='store_true', help='replace an existing run in OUTDIR')
     p.add_argument('--seed', type=int, help='random seed')
     p.add_argument('--uninvert-data', action='store_true', help='do not invert the contrast (for positive-density images)')
@@ -710,14 +719,43 @@ def run_train(args, # the parsed command line (argparse.Namespace)
         own = read_yaml_config(args.config)
         cfg = cfg.from_dict({**cfg.to_dict(), **{f: str(resolve_run_path(own[f], out, f)) for f in cfg.DATA_PATHS
                                                  if own.get(f) and getattr(cfg, f) == own[f]}})
+    import os
+    if getattr(args, 'remove_junk', False) and int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise _input_error('--remove-junk runs in one process; under torchrun, train, then `drgnai-nb filter RUN --junk` and train on its selection')
     from drgnai_nb.distributed import make_trainer  # a DistributedTrainer under torchrun (WORLD_SIZE > 1)
     tr = make_trainer(cfg, out, overwrite=args.overwrite, load=args.load, progress=not args.no_progress)
     if note: tr.log(note)
     tr.fit()
     e = tr.epoch
     if tr.is_main: print(f'done: {out}/reconstruct.{e}.mrc, {out}/pose.{e}.pkl' + (f', {out}/z.{e}.pkl' if cfg.zdim else ''))
+    if getattr(args, 'remove_junk', False): rerun_without_junk(tr, cfg, out, args)
     if tr.world > 1:  # leave the process group cleanly (torchrun)
         from drgnai_nb.distributed import _leave; _leave(tr)
+
+def rerun_without_junk(tr, # the finished Trainer
+                       cfg, # its TrainConfig
+                       out:Path, # its run directory
+                       args, # the parsed train command line (--load, --overwrite, --no-progress)
+                      )->Path: # the second run's directory
+    "Junk in one step: flag the junk of a finished run (the fit rule of `analyze`), save junk.pkl/keep.pkl, train again on the rest."
+    from dataclasses import replace
+    from drgnai_nb.analysis import load_run, fit_gain
+    from drgnai_nb.junk import junk_of_gain
+    from drgnai_nb.io import save_ind
+    from drgnai_nb.train import latest_epoch
+    from drgnai_nb.distributed import make_trainer
+    run = load_run(out, tr.epoch, device=str(tr.device))
+    junk = junk_of_gain(fit_gain(run, progress=not args.no_progress), seed=cfg.seed)
+    if (~junk).sum() < 2: raise _input_error(f'{out}: the fit rule flags {int(junk.sum())} of {run.N} particles as junk; nothing left to train on')
+    save_ind(out / 'junk.pkl', run.ind[junk]); keep = save_ind(out / 'keep.pkl', run.ind[~junk])
+    tr.log(f'junk (fit rule, gain or log-gain mixture): {int(junk.sum())} of {run.N} particles -> {out}/junk.pkl; '
+           f'training again on the {int((~junk).sum())} kept ({keep}) in {out}/without_junk')
+    sub = out / 'without_junk'
+    resume = 'latest' if args.load and latest_epoch(sub) is not None else None
+    tr2 = make_trainer(replace(cfg, ind=str(keep.resolve())), sub, overwrite=args.overwrite, load=resume, progress=not args.no_progress)
+    tr2.fit()
+    print(f'done without junk: {sub}/reconstruct.{tr2.epoch}.mrc, {sub}/pose.{tr2.epoch}.pkl' + (f', {sub}/z.{tr2.epoch}.pkl' if cfg.zdim else ''))
+    return sub
 
 register('train', add_train, run_train)
 
@@ -778,7 +816,9 @@ def add_analyze(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_
         description='Analyse a trained run and write RUNDIR/analyze.E/: latent PCA (explained variance), a 2-D embedding\n'
                     '(UMAP when umap-learn is installed, else t-SNE), k-means (--ksample) with centres snapped to particles\n'
                     'and maps at them, maps along the first --pc PCs, junk particles (junk.pkl, keep.pkl: original\n'
-                    'indices; the fit rule flags images the model explains little of, the ||z|| rule latent outliers), PNG figures (latent space, pose distribution, learning curve), particles.csv, summary.json\n'
+                    'indices; the fit rule flags images the model explains little of, the ||z|| rule latent outliers),\n'
+                    'the states found in z without being told K (states/, states.png: the count against the minimum\n'
+                    'state size, maps at the states), PNG figures (latent space, pose distribution, learning curve), particles.csv, summary.json\n'
                     'and drgnai_explore.ipynb. Homogeneous runs: map.mrc, half maps and their FSC, FSC against --ref.',
         example='drgnai-nb analyze run/ --ksample 20\n'
                 'drgnai-nb analyze run/ --epoch 29 --pc 3 --gmm --truth sim/\n'
@@ -794,7 +834,9 @@ def add_analyze(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_
                    help="junk.pkl from the fit rule (low-gain component of the images' fit) or the ||z|| rule")
     p.add_argument('--junk-threshold', type=float, default=3.5, metavar='S', help='||z|| rule: robust z-score of ||z - median z|| above which a particle is junk')
     p.add_argument('--junk-separation', type=float, default=2.0, metavar='D', help="fit rule: Ashman's D the two gain components need before any particle is flagged")
-    p.add_argument('--truth', metavar='SIMDIR', default=None, help='a `drgnai-nb simulate` folder: measure against the ground truth')
+    p.add_argument('--truth', metavar='SIMDIR', default=None, help='a `drgnai-nb simulate` folder: measure against the ground truth\n'
+                   '(heterogeneous runs: states found, ARI, junk recall/precision, per-image FSC-AUC)')
+    p.add_argument('--fsc-auc-n', type=int, default=48, metavar='N', help='with --truth: images scored by the per-image FSC-AUC (CryoBench)')
     p.add_argument('--ref', metavar='MAP.mrc', default=None, help='reference map (same frame) for an FSC, homogeneous runs')
     p.add_argument('--no-halfmaps', action='store_true', help='homogeneous runs: skip the half-map backprojection')
     p.add_argument('--skip-vol', action='store_true', help='do not write maps')
@@ -809,13 +851,14 @@ def run_analyze(args, # the parsed command line (argparse.Namespace)
     from drgnai_nb.analysis import analyze
     for n in ('ksample', 'n_per_pc'):
         if getattr(args, n) < 1: raise _input_error(f'--{n.replace("_", "-")}: expected an integer >= 1, got {getattr(args, n)}')
+    if args.fsc_auc_n < 1: raise _input_error(f'--fsc-auc-n: expected an integer >= 1, got {args.fsc_auc_n}')
     if args.pc < 0: raise _input_error(f'--pc: expected an integer >= 0, got {args.pc}')
     for f in (args.ref,):
         if f is not None and not Path(f).is_file(): raise _input_error(f'--ref: map not found: {f}')
     if args.truth is not None and not Path(args.truth).is_dir(): raise _input_error(f'--truth: folder not found: {args.truth}')
     analyze(args.rundir, args.epoch, ksample=args.ksample, pc=args.pc, n_per_pc=args.n_per_pc, gmm=args.gmm, truth=args.truth,
             ref=args.ref, halfmaps=not args.no_halfmaps, skip_vol=args.skip_vol, embedding=args.embedding,
-            junk_rule=args.junk_rule, junk_threshold=args.junk_threshold, junk_separation=args.junk_separation, D=args.downsample, flip=args.flip, invert=args.invert, outdir=args.outdir,
+            junk_rule=args.junk_rule, junk_threshold=args.junk_threshold, junk_separation=args.junk_separation, fsc_auc_n=args.fsc_auc_n, D=args.downsample, flip=args.flip, invert=args.invert, outdir=args.outdir,
             seed=args.seed, device=args.device, progress=not args.no_progress, verbose=True)
 
 register('analyze', add_analyze, run_analyze)

@@ -82,7 +82,7 @@ class TrainConfig:
     hps_z_groups: int = 4 # heterogeneous runs: conformation groups per search batch (each searched against its mean z)
     refine_z_groups: int = 8 # heterogeneous runs: conformation groups of all particles for the refinement passes
     classify_rounds: int = 0 # heterogeneous runs: rounds of 3-D classification with cross-validated backprojected class maps before the SGD phase's last epoch (`Trainer.classify_poses`; 0: none)
-    classify_k: int = 0 # classes of that classification: the number of states expected (required with classify_rounds; more classes than states collapse)
+    classify_k: int = 0 # classes of that classification: 0 finds them (`states.count_states` on z; one connected cloud: no classification), K >= 2 the number of states expected
     classify_folds: int = 4 # cross-validation folds of its class maps (class_fold_maps; 2: half maps)
     classify_z: str = 'classes' # z after that classification, from the embedding of: 'classes' (where each particle lies between the class maps, `Trainer.class_amplitudes`: discrete states), 'both' (that, a variability fit at the class poses and how well each class map fits the particle: motion) or 'variability' (the fit only)
     # --- loss mask
@@ -161,7 +161,7 @@ def validate(self:TrainConfig):
     if self.z_init_embed not in ('spectral', 'linear'): bad('z_init_embed', "'spectral' or 'linear'")
     if self.z_init_neighbors < 0: bad('z_init_neighbors', 'an integer >= 0 (0: automatic)')
     if self.classify_rounds < 0 or self.classify_k < 0: bad('classify_rounds', 'integers >= 0 (classify_rounds, classify_k)')
-    if self.classify_rounds and self.classify_k < 2: bad('classify_k', 'the number of states to classify into (>= 2) when classify_rounds > 0')
+    if self.classify_k == 1: bad('classify_k', '0 (find the number of states in z) or the number of states to classify into (>= 2)')
     if self.classify_folds < 2: bad('classify_folds', 'an integer >= 2 (2: half maps)')
     if self.classify_z not in ('both', 'classes', 'variability'): bad('classify_z', "'both', 'classes' or 'variability'")
     for f in ('hps_z_groups', 'refine_z_groups'):
@@ -197,7 +197,8 @@ TrainConfig.PRESETS = {
 }
 # what a preset changes for heterogeneous runs (zdim > 0), under any field the user gives: the `cpu` preset's
 # 128-wide decoder is enough for one map but too small for several states (measured: [results, *Training*](explanations/results.ipynb#training))
-TrainConfig.PRESETS_HET = {'cpu': dict(dim=256)}
+# and both classify before the last epoch into the number of states found in z (classify_k=0; none for one connected cloud)
+TrainConfig.PRESETS_HET = {'cpu': dict(dim=256, classify_rounds=3), 'gpu': dict(classify_rounds=3)}
 
 @patch(cls_method=True)
 def preset_fields(cls:TrainConfig, name:str, # preset name

@@ -45,8 +45,12 @@ def junk_by_fit(gain:np.ndarray, # (N,) from fit_gain
 # %% ../nbs/12d_junk.ipynb #a39281ef
 def junk_of_gain(gain:np.ndarray, # (N,) fit gains |y|² − |y − C P V|² (any unit; a tensor is taken to the CPU)
                  seed:int=0, # random state of the mixtures
-                )->np.ndarray: # (N,) bool junk flags
-    "Junk by the fit-gain rule applied to the gain and to its log (gains <= 0 count as the lowest): the union of both."
+                 min_separation:float=2.0, # Ashman's D each mixture needs before it flags anything
+                 details:bool=False, # also return what each mixture found
+                ): # (N,) bool junk flags; with `details`, (flags, {'gain': info, 'log_gain': info, 'n_gain', 'n_log_gain'})
+    "Junk by the fit-gain rule applied to the gain and to its log (gains <= 0 count as the lowest): the union of both (training's rule and `analyze`'s)."
     g = np.asarray(gain.double().cpu().numpy() if hasattr(gain, 'cpu') else gain, np.float64)
     log_g = np.log(np.clip(g, 1e-6 * max(g.max(), 1e-30), None))  # gains <= 0 count as the lowest
-    return junk_by_fit(g, seed=seed)[0] | junk_by_fit(log_g, seed=seed)[0]
+    a, _, ia = junk_by_fit(g, min_separation, seed); b, _, ib = junk_by_fit(log_g, min_separation, seed)
+    if not details: return a | b
+    return a | b, {'gain': ia, 'log_gain': ib, 'n_gain': int(a.sum()), 'n_log_gain': int(b.sum())}

@@ -83,6 +83,13 @@ class FSCResult:
         if len(f) < 2: return float('nan')
         return float(np.sum(0.5 * (c[1:] + c[:-1]) * np.diff(f)) / (f[-1] - f[0]))
 
+    @property
+    def area(self)->float:
+        "Area under the FSC curve over its shells, in cycles/pixel (0..0.5 for a full curve: a perfect FSC gives 0.5; CryoBench's FSC-AUC)."
+        ok = ~np.isnan(self.fsc)
+        f, c = self.freq[ok], self.fsc[ok]
+        return float(np.sum(0.5 * (c[1:] + c[:-1]) * np.diff(f))) if len(f) > 1 else float('nan')
+
     def to_frame(self)->pd.DataFrame:
         "Table with columns `freq` (cycles/pixel), `freq_A` (1/Å), `res_A` (Å) and `fsc`."
         with np.errstate(divide='ignore'): res = self.Apix / self.freq

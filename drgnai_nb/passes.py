@@ -17,6 +17,7 @@ from .runtime import cache_from_model, fp32_scores
 from .variability import conformation_groups, variability_amplitudes, variability_components, spectral_coordinates
 from .classify import class_fold_maps
 from .junk import junk_of_gain
+from .states import count_states
 
 # %% ../nbs/12h_passes.ipynb #7e4368b0
 class Passes:
@@ -207,7 +208,7 @@ def refine_poses(self:Passes,
 @torch.no_grad()
 def classify_poses(self:Passes,
                    rounds:int=None, # EM rounds (None: `classify_rounds`)
-                   k:int=None, # classes (None: `classify_k`)
+                   k:int=None, # classes (None: `classify_k`; 0: the states `count_states` finds in z, none when it finds one connected cloud)
                    global_first:bool=True, # also search globally against every class map in the first round
                    junk:np.ndarray=None, # (N,) bool, particles never backprojected (None: `fit_junk` at the current poses, then each round the particles no class map explains)
                   )->dict:
@@ -220,13 +221,16 @@ def classify_poses(self:Passes,
     group maps have learned to agree with (a turn that mimics a conformational change) are not built into them. Every
     process classifies all particles the same way. Returns {'seconds', 'moved' (fraction of particles that changed
     class, per round), 'sizes', 'classes' (N,), 'junk' (N,) bool: left out of the last round's maps, 'errors' (N, k): the last round's
-    error of each particle against each class map at that class's pose}."""
+    error of each particle against each class map at that class's pose, 'states': `count_states`'s record when k was found}.
+    With k = 0 the number of classes is the number of states `count_states` finds in z (junk left out), and the classes
+    start from its partition; when it finds one connected cloud (one state, or a continuous motion, whose order classes
+    would cut) nothing is classified and the record holds only 'states'."""
     cfg = self.cfg
     if cfg.zdim == 0 or cfg.mode == 'fixed': return {}
     from tqdm.auto import tqdm
     rounds = cfg.classify_rounds if rounds is None else rounds
-    k = k or cfg.classify_k
-    if k < 2: raise DrgnaiInputError(f'classify_poses: expected k >= 2 classes (config field classify_k), got {k}')
+    k = cfg.classify_k if k is None else k
+    if k == 1 or k < 0: raise DrgnaiInputError(f'classify_poses: expected k >= 2 classes (config field classify_k), got {k}')
     t0, N, dev = time.time(), self.N, self.device
     radius = self.mask_radius(self.epoch)
     excl = self.fit_junk() if junk is None else np.asarray(junk, dtype=bool)  # at the poses just refined, not the last variability step's
@@ -234,8 +238,16 @@ def classify_poses(self:Passes,
     # take a class of its own); flagged particles join the nearest class but are never backprojected
     from sklearn.cluster import KMeans
     z = self.z_table.weight.detach().cpu().numpy()
+    found = None
+    if k == 0:  # how many states: density clusters of z, junk left out
+        found = count_states(z, fit=~excl, seed=cfg.seed)
+        self.log(f'states in z: {found.k} (HDBSCAN over minimum state sizes {100 * found.fractions[0]:.0f}-{100 * found.fractions[-1]:.0f} %: '
+                 f'{",".join(map(str, found.counts))}; {int(excl.sum())} particles left out as junk)'
+                 + ('; one connected cloud: no classification, z keeps its order' if found.k < 2 else f'; classifying into {found.k}'))
+        if found.k < 2: return {'states': found.summary(), 'seconds': time.time() - t0}
+        k = found.k
     fit = np.ones(N, dtype=bool) if (~excl).sum() < 2 * k else ~excl
-    cls = torch.as_tensor(KMeans(k, n_init=10, random_state=cfg.seed).fit(z[fit]).predict(z)).long()
+    cls = torch.as_tensor(found.labels if found is not None else KMeans(k, n_init=10, random_state=cfg.seed).fit(z[fit]).predict(z)).long()
     R, t = self.poses.all()
     Rc, tc = R[None].repeat(k, 1, 1, 1), t[None].repeat(k, 1, 1)  # each class's own pose of every particle
     hc = cfg.re_search_hps(radius)
@@ -275,6 +287,7 @@ def classify_poses(self:Passes,
     self.model.train()
     rec = {'seconds': time.time() - t0, 'moved': moved, 'sizes': torch.bincount(cls, minlength=k).tolist(), 'classes': cls.numpy(), 'junk': excl,
            'errors': E.numpy(), 'amplitudes': self.class_amplitudes(caches, cfg.classify_folds)}
+    if found is not None: rec['states'] = found.summary()
     self.log(f'3-D classification: {k} classes, {rounds} rounds, {time.time() - t0:.1f} s; particles that changed class per round: '
              + ', '.join(f'{m:.1%}' for m in moved) + f'; class sizes {rec["sizes"]}; {int(excl.sum())} particles left out of the class maps as junk')
     return rec

@@ -15,7 +15,10 @@ from .errors import DrgnaiInputError
 from .io import atomic_write, write_mrc, save_pkl, save_ind, load_pkl
 from .latent import latent_pca, embed_latent, cluster_latent, pc_traversal
 from .analysis import (load_run, read_learning_curve, plot_learning_curve, plot_pose_distribution, particle_table,
-                                write_volumes, fit_gain, junk_by_znorm, junk_by_fit, truth_metrics, half_map_fsc, ref_fsc)
+                                write_volumes, fit_gain, junk_by_znorm, junk_by_fit, truth_metrics, half_map_fsc, ref_fsc,
+                                per_image_fsc_auc)
+from .junk import junk_of_gain
+from .states import count_states, plot_states_evidence
 
 # %% ../nbs/13b_report.ipynb #aff448fa
 def _savetxt(path, a, fmt='%.6g', header=''):
@@ -71,6 +74,7 @@ def analyze(rundir:str|Path, # run directory
             junk_rule:str='fit', # 'fit' (two-component mixture of the fit gains) or 'znorm' (the ‖z‖ rule) for junk.pkl
             junk_threshold:float=3.5, # robust z-score threshold of the ‖z‖ rule
             junk_separation:float=2.0, # Ashman's D the fit rule needs before it flags anything
+            fsc_auc_n:int=48, # with `truth`: images scored by the per-image FSC-AUC (`analysis.per_image_fsc_auc`)
             D:int|None=None, # box of the written maps (Fourier-cropped); default the run's
             flip:bool=False, # mirror the hand of the written maps
             invert:bool=False, # negate the written maps
@@ -112,6 +116,8 @@ def analyze(rundir:str|Path, # run directory
                 ct = compare_to_truth(run.rundir, truth, run.epoch, ind=run.ind if run.config.get('ind') else None)
                 tm.update({k: ct[k] for k in ('out_of_plane_median_deg', 'in_plane_median_deg', 'rotation_median_deg', 'trans_median_px',
                                               'state_rotation_median_deg', 'state_rotation_median_joint_deg', 'state_frame_spread_deg') if k in ct})
+            if run.zdim and (Path(truth) / 'poses.pkl').exists() and (Path(truth) / 'sim_config.yaml').exists():
+                tm.update(per_image_fsc_auc(run, truth, n=fsc_auc_n, seed=seed, progress=progress))  # CryoBench's per-image score
             bad = _true_junk(run, truth) if (Path(truth) / 'labels.pkl').exists() else np.zeros(run.N, bool)
             for name, col in (('junk', 'junk'), ('junk_fit', 'junk_fit'), ('junk_znorm', 'junk_znorm')):
                 if col in pd_tab and bad.any():
@@ -143,9 +149,12 @@ def _junk(run, out, rule, threshold, separation, seed, say, progress)->dict:
         if rule == 'fit': raise
         gain = None; s['fit'] = {'error': str(e)}
     if gain is not None:
-        jf, prob, info = junk_by_fit(gain, separation, seed)
+        _, prob, info = junk_by_fit(gain, separation, seed)
+        jf, both = junk_of_gain(gain, seed, separation, details=True)  # training's rule: the gain's mixture or its log's
         cols.update(fit_gain=gain, junk_prob=prob, junk_fit=jf.astype(np.int64))
-        s['fit'] = {'rule': f"low component of a 2-Gaussian mixture of the fit gains, if Ashman's D > {separation}", 'n_junk': int(jf.sum()), **info}
+        s['fit'] = {'rule': f"low component of a 2-Gaussian mixture of the fit gains or of their logs (the union, as training), if Ashman's D > {separation}",
+                    'n_junk': int(jf.sum()), 'n_by_gain': both['n_gain'], 'n_by_log_gain': both['n_log_gain'], **info,
+                    'log_gain_ashman_d': both['log_gain']['ashman_d']}
     junk = cols['junk_fit' if rule == 'fit' else 'junk_znorm'].astype(bool)
     cols['junk'] = junk.astype(np.int64)
     s.update(n_junk=int(junk.sum()), n_keep=int((~junk).sum()))
@@ -155,7 +164,7 @@ def _junk(run, out, rule, threshold, separation, seed, say, progress)->dict:
     if gain is not None:
         ax = axs.pop(0); ax.hist(gain, bins=80, color='0.4')
         if jf.any(): ax.hist(gain[jf], bins=40, color='r', alpha=0.6, label=f'flagged ({int(jf.sum())})'); ax.legend()
-        ax.set(xlabel='fit gain (explained power per pixel)', ylabel='particles', title=f"fit rule: Ashman's D = {info['ashman_d']:.2f}")
+        ax.set(xlabel='fit gain (explained power per pixel)', ylabel='particles', title=f"fit rule: Ashman's D = {info['ashman_d']:.2f} (log: {both['log_gain']['ashman_d']:.2f})")
     if run.zdim:
         ax = axs.pop(0); ax.hist(score, bins=80, color='0.4'); ax.axvline(threshold, color='r', ls='--', label=f'threshold {threshold}')
         ax.set(xlabel='robust z-score of ||z - median z||', ylabel='particles', yscale='log', title=f'||z|| rule: {int(jz.sum())} flagged'); ax.legend()
@@ -196,6 +205,21 @@ def _analyze_latent(run, out, ksample, npc, n_per_pc, gmm, skip_vol, embedding, 
             _savefig(fig, out / f'{method}{k}_{name}.png')
         say(f'{method}: {k} clusters, sizes {cl.sizes().tolist()}' + ('' if skip_vol else f', maps in {d}'))
     s['clusters'] = cinfo
+    # how many states, without being told: training's rule (`states.count_states`), junk left out; maps at the states
+    keep = ~np.asarray(jcols['junk'], bool) if 'junk' in jcols else None
+    found = count_states(run.z, fit=keep, seed=seed)
+    s['states'] = found.summary()
+    labels['state'] = found.labels
+    d = out / 'states'
+    save_pkl(d / 'labels.pkl', found.labels)
+    _savetxt(d / 'centers.txt', found.centres, header='z of each state found (mean of its particles); one row for one connected cloud')
+    if not skip_vol and found.k > 1: write_volumes(run, found.centres, d, **vkw)
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.8))
+    plot_states_evidence(found, axs[0]); axs[0].set_title(f'states in z: {found.k}' + (' (one connected cloud)' if found.k == 1 else ''))
+    plot_latent(pcs[:, :2] if run.zdim > 1 else np.c_[pcs, np.zeros(run.N)], found.labels, None, 'PC1', 'PC2', f'states found ({found.k})', axs[1])
+    _savefig(fig, out / 'states.png')
+    say(f'states in z: {found.k}' + (' (one connected cloud: one state or a continuous motion; see the PC traversals)' if found.k == 1
+        else f', sizes {found.summary()["sizes"]}' + ('' if skip_vol else f', maps in {d}')))
     fig, ax = plt.subplots(figsize=(4.5, 3)); ax.bar(np.arange(1, len(evr) + 1), evr); ax.set(xlabel='PC', ylabel='explained variance ratio', title='latent PCA')
     _savefig(fig, out / 'pca_variance.png')
     fig, ax = plt.subplots(figsize=(5, 4.5)); plot_latent(emb, None, None, f'{ename}1', f'{ename}2', f'embedding: {how}', ax); _savefig(fig, out / 'embedding.png')

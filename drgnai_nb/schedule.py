@@ -77,7 +77,7 @@ def format_plan(rows:list, # `plan(...)`
              'epoch | phase | batch | mask px | before the epoch                          | checkpoint']
     for p in rows:
         before = [n for n, on in (('refine', p.refine and not p.re_search), ('refine+global re-search', p.re_search),
-                                  (f'classify x{cfg.classify_rounds}', p.classify), ('z from variability', p.z_init),
+                                  (f'classify x{cfg.classify_rounds}' + ('' if cfg.classify_k else ' (K from z)'), p.classify), ('z from variability', p.z_init),
                                   ('z re-estimated', p.z_reestimate)) if on]
         if p.phase == 'hps': before = [f'pose search, band limits {bands} px']
         lines.append(f'{p.epoch:5d} | {p.phase:5s} | {p.batch:5d} | {p.mask_radius:7d} | {"; ".join(before) or "-":41s} | {"yes" if p.checkpoint else ""}')

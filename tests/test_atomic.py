@@ -125,6 +125,18 @@ def test_heterogeneous_sets(toy, tmp_path):
                  '--motion-angle', '60', '--no-progress']) == 0
     u = load_pkl(d2 / 'u.pkl')
     assert u.min() >= 0 and u.max() <= 1 and np.ptp(u) > 0.5 and len(sorted(d2.glob('vol_*.mrc'))) == 3
+    from drgnai_nb.truth import TruthMaps  # the true map of any image: the motion re-rendered at its u
+    tm = TruthMaps(d2)
+    assert np.allclose(tm.at(0, 0.5), read_mrc(d2 / 'vol_001.mrc')[0], atol=1e-6 * np.abs(tm.at(0, 0.5)).max())
+    d3 = tmp_path / 'positions'  # --motion-states: the moving atoms at K fixed positions are K discrete states
+    assert main(['simulate', str(d3), '--model', str(toy), '-n', '40', '-D', '32', '--Apix', '2', '--moving', '//B',
+                 '--motion-angle', '60', '--motion-states', '3', '--junk-fraction', '0.1', '--no-progress']) == 0
+    lab, u = load_pkl(d3 / 'labels.pkl'), load_pkl(d3 / 'u.pkl')
+    assert set(np.unique(lab)) == {-1, 0, 1, 2} and np.allclose(u[lab >= 0], lab[lab >= 0] / 2)
+    vols = [read_mrc(f)[0] for f in sorted(d3.glob('vol_*.mrc'))]
+    assert len(vols) == 3 and np.allclose(vols[1], tm.at(0, 0.5), atol=1e-6 * np.abs(vols[1]).max())  # the same motion, same maps
+    assert np.array_equal(TruthMaps(d3).at(2, 1.0), vols[2])
+    assert main(['simulate', str(tmp_path / 'bad'), '--model', str(toy), '--motion-states', '2', '--no-progress']) == 2  # needs --moving
 
 
 def test_motion_through_the_pose_is_exact(toy):

@@ -91,3 +91,19 @@ def test_bench_atomic_small(tmp_path, capsys):
     assert {'abinit', 'hps_only', 'fixed', 'floor'} <= set(res) and res['abinit_resources']['peak_rss_gb'] > 0
     assert (tmp_path / 'b' / 'data_D16' / 'vol.mrc').exists() and res['abinit']['Apix'] == 6.0
     for name in ('ab initio', 'HPS only', 'true poses (fixed)', 'floor vs true map'): assert f'| {name}' in out, out
+
+
+def test_het_without_k_small(tmp_path, capsys):
+    "benchmarks/het_without_k.py on a tiny 3-state set: simulate, train with no K, analyze --truth, one table row in range."
+    import het_without_k
+    het_without_k.main([str(tmp_path), '--sets', 'A', '-n', '96', '-D', '24', '--train-set', 'n_imgs_pretrain=96', 'n_imgs_pose_search=96',
+                        'epochs_sgd=2', 'l_start=6', 'l_end=8', 't_extent=2', 't_n_grid=3', 'dim=32', 'pe_dim=8', 'base_order=0',
+                        'n_levels=2', 'research_base_order=0', 'research_l_start=6', 'refine_levels=2', 'z_init_iters=4', 'classify_folds=2'])
+    out = capsys.readouterr().out
+    rows = [l for l in out.splitlines() if l.startswith('| A |')]
+    assert len(rows) == 1, out
+    cells = [c.strip() for c in rows[0].split('|')[1:-1]]
+    true, found = (int(x) for x in cells[2].split(' / '))
+    assert true == 3 and 1 <= found <= 8, cells
+    auc, bound = (float(x) for x in cells[7].split(' / '))
+    assert 0 < auc <= 0.5 and 0 < bound <= 0.5, cells

@@ -177,9 +177,48 @@ def test_classify_poses(tmp_path):
     n_left = int(re.search(r'(\d+) particles left out of the class maps as junk', log).group(1))
     assert abs(n_left - int((lab < 0).sum())) <= 2, (n_left, int((lab < 0).sum()))
     with pytest.raises(Exception, match='classify_rounds'): _cfg(d, classify_rounds=-1)
-    with pytest.raises(Exception, match='classify_k'): _cfg(d, classify_rounds=2)  # how many states: the user says
+    with pytest.raises(Exception, match='classify_k'): _cfg(d, classify_rounds=2, classify_k=1)  # one class is no classification
+    assert _cfg(d, zdim=2).classify_rounds == 3 and _cfg(d, zdim=2).classify_k == 0  # the presets: K found in z
     with pytest.raises(Exception, match='classify_folds'): _cfg(d, classify_rounds=2, classify_k=2, classify_folds=1)
     with pytest.raises(Exception, match='classify_z'): _cfg(d, classify_rounds=2, classify_k=2, classify_z='kmeans')
+
+
+def test_classify_finds_k(tmp_path):
+    "classify_k=0: the number of classes is the number of states count_states finds in z; one connected cloud: no classification."
+    from drgnai_nb.metrics import cluster_accuracy
+    d, cfg = _two_states_with_junk(tmp_path, 240, 0.5, 0.1, mode='refine', refine_z_groups=2, classify_rounds=1, classify_k=0,
+                                   base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, research_base_order=0)
+    lab = load_pkl(d / 'labels.pkl'); ok = lab >= 0
+    tr = Trainer(cfg, tmp_path / 'run', progress=False)
+    g = np.random.default_rng(0)
+    with torch.no_grad():  # two clouds in z, a tenth of the particles in the other state's
+        wrong = np.where(g.random(len(lab)) < 0.1, 1 - lab, lab)
+        tr.conf.weight[:] = torch.as_tensor(np.c_[np.where(wrong == 1, 1.0, -1.0), np.zeros(len(lab))] + 0.1 * g.standard_normal((len(lab), 2))).float()
+    rec = tr.classify_poses(global_first=False, junk=lab < 0)
+    assert rec['states']['n_states'] == 2 and len(rec['sizes']) == 2, rec['states']
+    assert cluster_accuracy(lab[ok], rec['classes'][ok]) > 0.93
+    assert 'states in z: 2' in (tmp_path / 'run/run.log').read_text()
+    with torch.no_grad(): tr.conf.weight[:] = torch.as_tensor(g.standard_normal((len(lab), 2))).float()  # one cloud
+    R0 = tr.current_poses()[0].clone()
+    rec = tr.classify_poses(global_first=False, junk=lab < 0)
+    assert rec['states']['n_states'] == 1 and 'classes' not in rec and torch.equal(tr.current_poses()[0], R0)
+    assert 'one connected cloud: no classification' in (tmp_path / 'run/run.log').read_text()
+
+
+def test_cli_remove_junk(tmp_path):
+    "train --remove-junk: junk.pkl and keep.pkl split the particles, and a second run trains on the kept ones."
+    d, _ = _two_states_with_junk(tmp_path, 96, 2.0, 0.25)
+    out = tmp_path / 'run'
+    args = ['train', str(out), '--particles', str(d / 'particles.mrcs'), '--ctf', str(d / 'ctf.pkl'), '--preset', 'cpu', '--zdim', '2',
+            '--no-progress', '--remove-junk', '--set'] + [f'{k}={v}' for k, v in {**TINY, 'classify_rounds': 0}.items()]
+    assert main(args) == 0
+    junk, keep = load_pkl(out / 'junk.pkl'), load_pkl(out / 'keep.pkl')
+    assert len(junk) > 0 and sorted(np.r_[junk, keep].tolist()) == list(range(96))
+    sub = out / 'without_junk'
+    import yaml
+    assert Path(yaml.safe_load((sub / 'config.yaml').read_text())['ind']) == (out / 'keep.pkl').resolve()
+    _check_run(sub, len(keep), 2, latest_epoch(out))
+    assert 'training again on the' in (out / 'run.log').read_text()
 
 
 def test_index_selection(tiny, tmp_path):
