@@ -657,6 +657,7 @@ def add_train(sub, # the subparsers of drgnai-nb's parser (ArgumentParser.add_su
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1' (default: auto)")
     return p
 
+# %% ../nbs/20_cli.ipynb #a0f33b5a
 def read_yaml_config(path:str|Path, # a YAML file of TrainConfig fields
                      known:set|None=None, # the valid field names (None: any)
                     )->dict: # config fields
@@ -703,6 +704,7 @@ def train_config_from_args(args, # the parsed train command line (argparse.Names
         d['classify_rounds'] = (d.get('classify_rounds') or 3) if args.classes else 0
     return TrainConfig.preset(preset, **parse_set(d, args.set)), note  # the user's fields over the preset's for this zdim
 
+# %% ../nbs/20_cli.ipynb #66ef57ef
 def run_train(args, # the parsed command line (argparse.Namespace)
               ):
     from drgnai_nb.train import Trainer, TrainConfig

@@ -208,7 +208,7 @@ def refine_poses(self:Passes,
 @torch.no_grad()
 def classify_poses(self:Passes,
                    rounds:int=None, # EM rounds (None: `classify_rounds`)
-                   k:int=None, # classes (None: `classify_k`; 0: the states `count_states` finds in z, none when it finds one connected cloud)
+                   k:int=None, # classes (None: the config's classify_k; 0: the states that count_states finds in z, none when it finds one connected cloud)
                    global_first:bool=True, # also search globally against every class map in the first round
                    junk:np.ndarray=None, # (N,) bool, particles never backprojected (None: `fit_junk` at the current poses, then each round the particles no class map explains)
                   )->dict:

@@ -174,6 +174,7 @@ def _junk(run, out, rule, threshold, separation, seed, say, progress)->dict:
     cols['_summary'] = s
     return cols
 
+# %% ../nbs/13b_report.ipynb #01341126
 def _analyze_latent(run, out, ksample, npc, n_per_pc, gmm, skip_vol, embedding, jcols, vkw, seed, say)->dict:
     import matplotlib.pyplot as plt
     s = {}
@@ -231,6 +232,7 @@ def _analyze_latent(run, out, ksample, npc, n_per_pc, gmm, skip_vol, embedding, 
     s['_table'] = particle_table(run, pcs, emb, ename, labels, jcols)
     return s
 
+# %% ../nbs/13b_report.ipynb #71a19367
 def _analyze_homogeneous(run, out, ref, halfmaps, pad, skip_vol, vkw, truth, say)->dict:
     import matplotlib.pyplot as plt
     s = {}

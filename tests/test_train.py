@@ -317,7 +317,10 @@ def test_cli_config_precedence(tiny, tmp_path):
     assert (cfg.classify_k, cfg.classify_rounds) == (2, 5)
     cfg, _ = train_config_from_args(args('--classes', '3', '--set', 'classify_z=both', '--seed', '1', '--set', 'classify_rounds=2', 'lr=2e-3'), cuda=False)
     assert (cfg.classify_z, cfg.classify_rounds, cfg.lr, cfg.seed) == ('both', 2, 2e-3, 1)  # every --set counts, not only the last
-    assert train_config_from_args(args(), cuda=False)[0].classify_rounds == 0  # off unless asked for
+    c = train_config_from_args(args(), cuda=False)[0]
+    assert (c.classify_k, c.classify_rounds) == (0, 3)  # the default: classify into the states found in z
+    c = train_config_from_args(args('--classes', '0'), cuda=False)[0]
+    assert c.classify_rounds == 0  # --classes 0: no classification
 
 
 def test_cli_train_bad_input(tiny, tmp_path, capsys):
