@@ -5,11 +5,10 @@
 # %% auto #0
 __all__ = ['write_volumes', 'read_z', 'select_clusters', 'fit_gain', 'from_original', 'export_selection', 'choose_particles',
            'viewing_directions', 'plot_pose_distribution', 'read_learning_curve', 'plot_learning_curve',
-           'particle_table', 'truth_metrics', 'per_image_fsc_auc', 'half_map_fsc', 'ref_fsc', 'latent_pca',
-           'umap_available', 'embed_latent', 'Clusters', 'snap_to_particles', 'cluster_latent', 'pc_traversal',
-           'direct_traversal', 'graph_traversal', 'run_epochs', 'find_epoch', 'model_from_state', 'Run', 'load_run',
-           'sklearn_threads', 'robust_zscore', 'junk_by_znorm', 'junk_by_fit', 'analyze', 'write_explore_notebook',
-           'plot_latent']
+           'particle_table', 'half_map_fsc', 'ref_fsc', 'latent_pca', 'umap_available', 'embed_latent', 'Clusters',
+           'snap_to_particles', 'cluster_latent', 'pc_traversal', 'direct_traversal', 'graph_traversal', 'run_epochs',
+           'find_epoch', 'model_from_state', 'Run', 'load_run', 'sklearn_threads', 'robust_zscore', 'junk_by_znorm',
+           'junk_by_fit', 'truth_metrics', 'per_image_fsc_auc', 'analyze', 'write_explore_notebook', 'plot_latent']
 
 # %% ../nbs/13_analysis.ipynb #a4808ebc
 import json, math, re, shutil
@@ -260,130 +259,9 @@ def particle_table(run:Run, # the loaded run
     df = pd.DataFrame(d); df.index.name = 'index'
     return df
 
-# %% ../nbs/13_analysis.ipynb #cac9ac67
-def _frame_transform(run:Run, truth_rot:np.ndarray, keep:np.ndarray)->np.ndarray:
-    "(3, 3) M with the decoder evaluated at k @ M in the ground truth's frame (`truth.frame_matrix` of the particles `keep`)."
-    from drgnai_nb.metrics import pose_error
-    return frame_matrix(pose_error(run.rot[keep], truth_rot[keep]))
-
-def truth_metrics(run:Run, # the loaded run
-                  truth:str|Path, # simulated dataset folder (labels.pkl, u.pkl, poses.pkl, vol*.mrc)
-                  junk_mask:np.ndarray|None=None, # (N,) predicted junk
-                  seed:int=0, # k-means random state
-                  volumes:bool=True, # also the per-state map FSC (discrete sets)
-                 )->dict:
-    "Clustering, junk and map accuracy of a heterogeneous run against simulated ground truth; the states found without K (`states.count_states`) beside k-means with the true K."
-    from drgnai_nb.metrics import adjusted_rand_index, fsc, align_translation
-    from scipy.stats import spearmanr
-    truth = Path(truth)
-    if not (truth / 'labels.pkl').exists(): raise DrgnaiInputError(f'{truth}/labels.pkl not found; expected a `drgnai-nb simulate` folder')
-    lab_all = np.asarray(load_pkl(truth / 'labels.pkl'))
-    if run.ind.max() >= len(lab_all): raise DrgnaiInputError(f'{truth}/labels.pkl: {len(lab_all)} labels, but the run uses particle {run.ind.max()}')
-    lab = lab_all[run.ind]; good = lab >= 0
-    u = np.asarray(load_pkl(truth / 'u.pkl'))[run.ind] if (truth / 'u.pkl').exists() else None
-    out = {'n': run.N, 'n_junk_true': int((~good).sum())}
-    if junk_mask is not None and (~good).any():
-        tp = int((junk_mask & ~good).sum())
-        out['junk_recall'] = tp / int((~good).sum())
-        out['junk_precision'] = tp / max(1, int(junk_mask.sum()))
-        out['n_junk_pred'] = int(junk_mask.sum())
-    if run.z is None: return out
-    states = np.unique(lab[good])
-    from drgnai_nb.states import count_states  # the states found without being told K (training's rule, analyze's junk left out)
-    found = count_states(run.z, fit=None if junk_mask is None else ~junk_mask, seed=seed)
-    out.update(n_states_true=int(len(states)), n_states_found=found.k)
-    if len(states) > 1: out['ari_states_found_nonjunk'] = adjusted_rand_index(lab[good], found.labels[good])
-    if len(states) > 1:
-        cl = cluster_latent(run.z[good], len(states), seed=seed)
-        out['ari_kmeans_nonjunk'] = adjusted_rand_index(lab[good], cl.labels)
-        if junk_mask is not None and (~junk_mask).sum() >= len(states):
-            keep = ~junk_mask
-            cl2 = cluster_latent(run.z[keep], len(states), seed=seed)
-            out['ari_kmeans_after_junk_rule'] = adjusted_rand_index(lab[keep], cl2.labels)
-        if volumes and (truth / 'poses.pkl').exists() and sorted(truth.glob('vol_*.mrc')):
-            from scipy.optimize import linear_sum_assignment
-            rt = load_poses(truth / 'poses.pkl')[0][run.ind]
-            M = torch.as_tensor(_frame_transform(run, rt, good), dtype=torch.float32)
-            gts = [read_mrc(p)[0] for p in sorted(truth.glob('vol_*.mrc'))]
-            res = np.zeros((len(cl.centres_z), len(gts)))
-            for i, zc in enumerate(cl.centres_z):
-                v = eval_volume(run.model, z=zc, norm=(0.0, float(run.norm[1])), transform=M).cpu().numpy()
-                for j, g in enumerate(gts):
-                    res[i, j] = fsc(align_translation(v, g)[0], g).resolution(0.5).freq
-            r, c = linear_sum_assignment(-res)
-            out['state_fsc05_frac_nyquist'] = [float(res[i, j] / 0.5) for i, j in sorted(zip(r, c), key=lambda x: x[1])]
-            if found.k > 1:  # the maps at the states found, each against the true state it matches best
-                rf = np.zeros((found.k, len(gts)))
-                for i, zc in enumerate(found.centres):
-                    v = eval_volume(run.model, z=zc, norm=(0.0, float(run.norm[1])), transform=M).cpu().numpy()
-                    for j, g in enumerate(gts): rf[i, j] = fsc(align_translation(v, g)[0], g).resolution(0.5).freq
-                r, c = linear_sum_assignment(-rf)
-                out['state_found_fsc05_px'] = {int(j): float(1 / max(rf[i, j], 1e-9)) for i, j in zip(r, c)}
-    if u is not None and np.isfinite(u[good]).all() and np.ptp(u[good]) > 0 and len(states) == 1:
-        pc, _, _ = latent_pca(run.z[good], 1)
-        out['spearman_pc1_u'] = float(spearmanr(pc[:, 0], u[good]).statistic)
-    return out
-
-# %% ../nbs/13_analysis.ipynb #97380e8f
-def _per_image_truth(run:Run, truth:str|Path)->tuple:
-    "(labels (N,), u (N,), true rotations (N, 3, 3), true shifts (N, 2) fraction of the box) of the run's particles."
-    truth = Path(truth)
-    lab = np.asarray(load_pkl(truth / 'labels.pkl'))[run.ind]
-    u = np.asarray(load_pkl(truth / 'u.pkl'), np.float64)[run.ind] if (truth / 'u.pkl').exists() else np.zeros(run.N)
-    rt, tt = load_poses(truth / 'poses.pkl')
-    return lab, u, np.asarray(rt)[run.ind], (np.zeros((run.N, 2)) if tt is None else np.asarray(tt)[run.ind])
-
-@torch.no_grad()
-def per_image_fsc_auc(run:Run, # the loaded run
-                      truth:str|Path, # simulated dataset folder (labels.pkl, u.pkl, poses.pkl, sim_config.yaml, vol_*.mrc)
-                      n:int=48, # images scored (random, not junk)
-                      seed:int=0, # random state of the choice
-                      bound:bool=True, # also the score of maps backprojected with the true poses and labels
-                      bins:int=8, # continuous sets: slices of u for that bound
-                      progress:bool=False, # progress bar
-                     )->dict: # {'fsc_auc_per_image' (mean), '_sem', '_n', '_true_poses_labels' and, discrete, 'state_fsc05_px_true_poses_labels' (with bound)}
-    "CryoBench's per-image FSC-AUC of a run against a simulated set's true maps (area over 0–0.5 cycles/px; 0.5 is perfect)."
-    from tqdm.auto import tqdm
-    from drgnai_nb.metrics import fsc, align_translation
-    from drgnai_nb.truth import TruthMaps
-    tm = TruthMaps(truth)
-    lab, u, rt, tt = _per_image_truth(run, truth)
-    good = lab >= 0
-    if not good.any(): raise DrgnaiInputError(f'{truth}: every particle of the run is junk in labels.pkl; nothing to score')
-    pick = np.sort(np.random.default_rng(seed).choice(np.nonzero(good)[0], min(n, int(good.sum())), replace=False))
-    M = torch.as_tensor(_frame_transform(run, rt, good), dtype=torch.float32)
-    area = lambda v, g: fsc(align_translation(v, g)[0], g).area
-    vals, cache = [], {}
-    for i in tqdm(pick, desc='per-image FSC', disable=not progress):
-        key = (int(lab[i]), float(u[i]) if tm.kind == 'continuous' else 0.0)
-        if key not in cache: cache = {key: tm.at(*key)}  # images of one state share their truth
-        v = eval_volume(run.model, z=run.z[i] if run.zdim else None, norm=(0.0, float(run.norm[1])), transform=M).cpu().numpy()
-        vals.append(area(v, cache[key]))
-    vals = np.asarray(vals)
-    out = {'fsc_auc_per_image': float(vals.mean()), 'fsc_auc_per_image_sem': float(vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else float('nan'),
-           'fsc_auc_per_image_n': int(len(vals))}
-    if bound:
-        from drgnai_nb.data import ParticleDataset
-        from drgnai_nb.forward import VoxelBackprojector
-        if tm.kind == 'continuous':
-            edges = np.quantile(u[good], np.linspace(0, 1, bins + 1)); grp = np.clip(np.searchsorted(edges, u, 'right') - 1, 0, bins - 1)
-        else: grp = np.maximum(lab, 0)
-        grp = np.where(good, grp, -1); G = int(grp.max()) + 1
-        ds = ParticleDataset(run.source(), invert=bool(run.config.get('invert', True)), window=bool(run.config.get('window', True)), norm=run.norm)
-        ctf = run.ctf(); bp = VoxelBackprojector(run.D, groups=G)
-        from drgnai_nb.lattice import Lattice
-        lat = Lattice(run.D + 1)
-        for idx, img in ds.batches(256, shuffle=False):
-            idx = np.asarray(idx); keep = grp[idx] >= 0
-            if not keep.any(): continue
-            img = lat.translate_ht(img[keep].double().reshape(int(keep.sum()), -1), torch.as_tensor(tt[idx][keep] * run.D)).reshape(-1, run.D + 1, run.D + 1)
-            bp.add(img, torch.as_tensor(rt[idx][keep]), None if ctf is None else torch.as_tensor(ctf[idx][keep]), half=torch.as_tensor(grp[idx][keep]))
-        maps = [bp.volume(torch.arange(G) == g).cpu().numpy() for g in range(G)]
-        b = [area(maps[grp[i]], tm.at(int(lab[i]), float(u[i]))) for i in pick]
-        out['fsc_auc_per_image_true_poses_labels'] = float(np.mean(b))
-        if tm.kind == 'discrete':  # each state's map from its own particles at their true poses: FSC-0.5 with its truth
-            out['state_fsc05_px_true_poses_labels'] = {g: float(fsc(maps[g], tm.at(g, 0.0)).resolution(0.5).px) for g in range(G)}
-    return out
+# %% ../nbs/13_analysis.ipynb #d07d929f
+from .truth import truth_metrics, per_image_fsc_auc, _frame_transform, _per_image_truth
+_all_ = ['truth_metrics', 'per_image_fsc_auc']
 
 # %% ../nbs/13_analysis.ipynb #7afca6cf
 def half_map_fsc(run:Run, # the loaded run

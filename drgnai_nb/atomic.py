@@ -39,7 +39,7 @@ def read_dataset_poses(path:str|Path, # .star, .cs or pose pickle
     if not p.is_file(): raise DrgnaiInputError(f'{p}: pose file not found')
     if ext == '.star':
         s = io.read_star(p)
-        box, apix = s.box, s.apix
+        box, apix = s.box, s.Apix
         rot, frac = io.star_to_poses(s, D=None if box is not None else 1)  # RELION 3.0 has no box: then frac is in pixels
         if apix is None and box is None:
             raise DrgnaiInputError(f'{p}: neither the box (_rlnImageSize) nor the pixel size (_rlnImagePixelSize, or _rlnDetectorPixelSize '
@@ -62,7 +62,7 @@ def read_dataset_ctf(path:str|Path, # .star, .cs or CTF pickle (N, 9)
     if not p.is_file(): raise DrgnaiInputError(f'{p}: CTF file not found')
     if ext == '.star':
         s = io.read_star(p)
-        c = io.star_to_ctf(s, D=None if s.box is not None else 1, Apix=None if s.apix is not None else 1.0)
+        c = io.star_to_ctf(s, D=None if s.box is not None else 1, Apix=None if s.Apix is not None else 1.0)
     elif ext == '.cs': c = io.cs_to_ctf(p, D=1, Apix=1.0)  # box and pixel size are replaced by the simulated ones
     else: c = io.load_ctf(p)
     return np.asarray(c, np.float64)

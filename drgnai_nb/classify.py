@@ -47,7 +47,7 @@ def class_fold_maps(ds, # `data.ParticleDataset` (preprocessed symmetrised Hartl
             i = mem[s:s + batch]; i_d = i.to(dev)
             img = ds.get_batch(i.numpy()).to(dev, torch.float64)
             img = lat.translate_ht(img.reshape(len(i), -1), t[i_d].double()).reshape(img.shape)
-            bp.add(img, R[i_d].double(), None if ctf is None else ctf[i].to(dev).double(), half=fold[i].to(dev))
+            bp.add(img, R[i_d].double(), None if ctf is None else ctf[i].to(dev).double(), group=fold[i].to(dev))
         even = torch.arange(folds) % 2 == 0
         F = np.clip(np.nan_to_num(np.asarray(fsc(bp.volume(even), bp.volume(~even)).fsc, np.float64)), 0, 0.999)
         snr = F / (1 - F) * 2 * (folds - 1) / folds

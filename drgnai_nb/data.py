@@ -50,7 +50,7 @@ class ImageSource:
         ext = self.path.suffix.lower()
         try:
             if ext == '.star':
-                a = read_star(self.path).apix
+                a = read_star(self.path).Apix
                 if a is not None: self.Apix_source = f'{self.path} (star)'; return float(np.asarray(a).reshape(-1)[0])
             elif ext == '.cs':
                 a = read_cs(self.path)

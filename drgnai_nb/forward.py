@@ -121,7 +121,7 @@ class VoxelBackprojector:
             images:Tensor, # (B, D+1, D+1) symmetrised Hartley images, already re-centred
             R:Tensor, # (B, 3, 3) rotations
             ctf_params:Tensor=None, # (B, 9) CTF parameters (`ctf` notebook), None for no CTF
-            half:Tensor=None, # (B,) group of each image, 0..groups-1 (0/1: half set; default: all in group 0)
+            group:Tensor=None, # (B,) group of each image, 0..groups-1 (0/1: half set; k-fold: the fold; default: all in group 0)
            ):
         "Add a batch of images."
         from drgnai_nb.ctf import ctf_from_params
@@ -131,9 +131,9 @@ class VoxelBackprojector:
         c = torch.ones_like(y) if ctf_params is None else ctf_from_params(ctf_params, k, D=self.D)
         pts = self.lat.coords[self.mask].to(self.num.dtype) @ R.to(self.num.dtype)  # (B, N, 3) cycles/pixel
         idx = (pts + 0.5) * self.P  # voxel index 0..P
-        half = torch.zeros(B, dtype=torch.long, device=images.device) if half is None else torch.as_tensor(half).long()
-        for h in half.unique().tolist():
-            sel = half == h
+        group = torch.zeros(B, dtype=torch.long, device=images.device) if group is None else torch.as_tensor(group).long()
+        for h in group.unique().tolist():
+            sel = group == h
             if not sel.any(): continue
             p = idx[sel].reshape(-1, 3)
             _scatter_trilinear(self.num[h], p, (c[sel] * y[sel]).reshape(-1), M)
@@ -189,6 +189,6 @@ def backproject_dataset(ds, # `data.ParticleDataset` (preprocessed images)
         img = img.to(device=device, dtype=torch.float64)
         if trans is not None:
             img = lat.translate_ht(img.reshape(len(idx), -1), trans[idx].to(device) * D).reshape(img.shape)
-        bp.add(img, rot[idx].to(device), None if ctf is None else ctf[idx].to(device), half=idx % 2)
+        bp.add(img, rot[idx].to(device), None if ctf is None else ctf[idx].to(device), group=idx % 2)
     return {'full': bp.volume('full', reg), 'half1': bp.volume('half1', reg), 'half2': bp.volume('half2', reg),
             'count': sum(bp.count)}

@@ -31,7 +31,7 @@ def load_poses_any(path:str|Path, # pose pickle `(rot, trans)` / `rot`, RELION `
     if ext == '.star':
         s = read_star(path)
         if s.box is None and D is None: raise DrgnaiInputError(f'{path}: no _rlnImageSize; pass the box size with -D')
-        rot, trans = star_to_poses(s, D=None if s.box is not None else D, Apix=None if s.apix is not None else Apix)
+        rot, trans = star_to_poses(s, D=None if s.box is not None else D, Apix=None if s.Apix is not None else Apix)
     elif ext == '.cs': rot, trans = cs_to_poses(path)
     else: return load_poses(path, N, D)
     return check_poses(rot, trans, N, D, str(path))
@@ -46,8 +46,8 @@ def load_ctf_any(path:str|Path, # CTF pickle (N, 9), RELION `.star` or cryoSPARC
     if ext == '.star':
         s = read_star(path)
         if s.box is None and D is None: raise DrgnaiInputError(f'{path}: no _rlnImageSize; pass the box size with -D')
-        if s.apix is None and Apix is None: raise DrgnaiInputError(f'{path}: no pixel size in the star file; pass --Apix')
-        ctf = star_to_ctf(s, D=None if s.box is not None else D, Apix=None if s.apix is not None else Apix)
+        if s.Apix is None and Apix is None: raise DrgnaiInputError(f'{path}: no pixel size in the star file; pass --Apix')
+        ctf = star_to_ctf(s, D=None if s.box is not None else D, Apix=None if s.Apix is not None else Apix)
     elif ext == '.cs': ctf = cs_to_ctf(path)
     else: return load_ctf(path, N)
     return check_ctf(ctf, N, str(path))
@@ -101,14 +101,14 @@ def parse_metadata(src:str|Path, # RELION .star or cryoSPARC .cs
             D = stack_box(src, datadir)
             if D is None: raise DrgnaiInputError(f'{src}: the box size is unknown (no _rlnImageSize, and the image stacks '
                                                  f'were not found to read it from); pass -D BOX or --datadir')
-        if ctf and Apix is None and s.apix is None:
+        if ctf and Apix is None and s.Apix is None:
             raise DrgnaiInputError(f'{src}: the pixel size is unknown (no _rlnImagePixelSize, nor _rlnDetectorPixelSize with '
                                    f'_rlnMagnification); pass --Apix')
         if poses: rot, trans = star_to_poses(s, D, Apix)
         if ctf: c = star_to_ctf(s, D, Apix, kv, cs, w, ps)
         N = len(s)
         Ds = np.full(N, D) if D is not None else s.box
-        Apixs = np.full(N, Apix) if Apix is not None else s.apix
+        Apixs = np.full(N, Apix) if Apix is not None else s.Apix
     else:
         a = read_cs(src)
         if poses: rot, trans = cs_to_poses(src, D)

@@ -59,7 +59,7 @@ def plan(cfg:TrainConfig, # the run's settings
             epoch=e, phase=phase, k=k,
             batch={'hps': cfg.hps_search_batch, 'sgd': cfg.batch_size_sgd, 'fixed': cfg.batch_size_known_poses}[phase],
             mask_radius=mask_radius(cfg, D, e), refine=refine,
-            re_search=refine and k in (0, mid) and cfg.research and cfg.mode == 'abinit',
+            re_search=refine and k in (0, mid) and cfg.re_search and cfg.mode == 'abinit',
             classify=bool(cfg.classify_rounds) and cfg.zdim > 0 and sgd and k == cfg.epochs_sgd - 1 and k >= 1,
             z_init=z_init,
             z_reestimate=not z_init and var and cfg.z_reestimate and refine and k >= max(1, cfg.epochs_sgd // 2),

@@ -77,7 +77,7 @@ class StarFile:
         except (TypeError, ValueError) as e: raise DrgnaiInputError(f'{self.src}: column {_lbl(name)} has non-numeric values ({e})') from e
 
     @property
-    def apix(self)->np.ndarray|None:
+    def Apix(self)->np.ndarray|None:
         "(N,) pixel size in Å: `_rlnImagePixelSize`, else detector pixel size (µm) · 10⁴ / magnification."
         v = self._float('rlnImagePixelSize')
         if v is None:
@@ -130,7 +130,7 @@ def _star_box(s:StarFile, D):
 def _star_apix(s:StarFile, Apix):
     v = _override(len(s), Apix, 'Apix', s.src)
     if v is None:
-        v = s.apix
+        v = s.Apix
         if v is None: raise DrgnaiInputError(f'{s.src}: the pixel size is unknown (no _rlnImagePixelSize, nor _rlnDetectorPixelSize with _rlnMagnification); pass Apix=')
     return v
 
@@ -147,7 +147,7 @@ def star_to_poses(star:str|Path|StarFile, # star file or parsed StarFile
         px = np.stack([s.column('rlnOriginXAngst'), s.column('rlnOriginYAngst')], -1) / _star_apix(s, Apix)[:, None]
     elif 'rlnOriginX' in cols and 'rlnOriginY' in cols:
         px = np.stack([s.column('rlnOriginX'), s.column('rlnOriginY')], -1)
-        if Apix is not None and s.apix is not None: px = px * (s.apix / _star_apix(s, Apix))[:, None]
+        if Apix is not None and s.Apix is not None: px = px * (s.Apix / _star_apix(s, Apix))[:, None]
     else:
         warnings.warn(f'{s.src}: no _rlnOriginX/Y or _rlnOriginX/YAngst columns; translations set to 0')
         px = np.zeros((len(s), 2))

@@ -113,7 +113,7 @@ class Trainer(Passes):
             self.given_poses = (torch.as_tensor(r[sel]).float(), torch.zeros(self.N, 2) if t is None else torch.as_tensor(t[sel]).float() * self.D)
         self.ds = ParticleDataset(self.src, invert=cfg.invert, window=cfg.window)
         self.lat = Lattice(self.D + 1, device=self.device)
-        self.apix = self.src.Apix
+        self.Apix = self.src.Apix
         # --- model and tables
         self.model = model_from_config(cfg, self.D).to(self.device)
         init_r, init_t = (self.given_poses if self.given_poses is not None and cfg.mode != 'abinit' else (None, None))
@@ -142,7 +142,7 @@ class Trainer(Passes):
         if self.is_main:  # temporary files a kill -9 left behind
             for p in self.out.glob('.*.tmp'): p.unlink()
         if self.is_main: write_config(self.out, cfg.to_dict())
-        self.log(f'drgnai_nb training: N={self.N} D={self.D} Apix={self.apix:.4g} mode={cfg.mode} zdim={cfg.zdim} '
+        self.log(f'drgnai_nb training: N={self.N} D={self.D} Apix={self.Apix:.4g} mode={cfg.mode} zdim={cfg.zdim} '
                  f'device={self.device} epochs={self.n_epochs} (pose search {self.n_hps_epochs}, SGD {cfg.epochs_sgd})')
         self.log(f'precision: amp={cfg.amp} -> decoder in {str(self.amp_dtype or torch.float32).replace("torch.", "")}'
                  f'{" with loss scaling" if self.scaler.enabled else ""}; losses and pose scores in float32; '
@@ -416,10 +416,10 @@ def save(self:Trainer,
              'optimizer_state_dict': self.opt_model.state_dict(), 'pose_table': self.poses.state_dict(),
              'pose_optimizer': self.opt_pose.state_dict(), 'conf_table': self.z_table.state_dict(),
              'conf_optimizer': self.opt_conf.state_dict(), 'history': self.history, 'pretrained': self.pretrained,
-             'norm': self.ds.norm, 'D': self.D, 'Apix': self.apix, 'rng': self.rng.bit_generator.state,
+             'norm': self.ds.norm, 'D': self.D, 'Apix': self.Apix, 'rng': self.rng.bit_generator.state,
              'torch_rng': torch.get_rng_state(), 'amp_scaler': self.scaler.state_dict()}
     save_epoch(self.out, epoch, state, r.numpy(), t.numpy(), self.z_all() if self.cfg.zdim > 0 else None, self.volume().numpy(),
-               self.apix, self.history)
+               self.Apix, self.history)
     settle_replacement(self.out)  # the new run has a checkpoint: the one it replaces can go
 
 @patch

@@ -26,7 +26,7 @@ def has_avx2()->bool:
 # start of z, its re-estimate and the 3-D classification before the last epoch all run
 TINY = dict(n_imgs_pretrain=64, n_imgs_pose_search=96, epochs_sgd=2, l_start=6, l_end=10, t_extent=2.0, t_n_grid=3,
             hps_search_batch=48, batch_size_hps=16, batch_size_sgd=16, batch_size_known_poses=16, dim=32, pe_dim=8,
-            research_l_start=6, refine_levels=2, z_init_iters=4, classify_folds=2, device='cpu')
+            re_search_l_start=6, refine_levels=2, z_init_iters=4, classify_folds=2, device='cpu')
 
 MODES = {  # name: the fields each mode sets over TINY ('poses' is filled in with the simulated set's true poses)
     'abinit': dict(mode='abinit'),

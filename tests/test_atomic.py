@@ -190,7 +190,7 @@ def test_poses_and_ctf_from_real_stars(cryodrgn_data, toy, tmp_path, name):
     f = cryodrgn_data / name
     s = read_star(f)
     rot, frac = star_to_poses(s, D=None if s.box is not None else 1)
-    shift_A = frac * ((s.box if s.box is not None else 1) * s.apix)[:, None]
+    shift_A = frac * ((s.box if s.box is not None else 1) * s.Apix)[:, None]
     dfu = star_to_ctf(s, D=None if s.box is not None else 1)[:, 2]
     sim = tmp_path / 'sim'
     assert main(['simulate', str(sim), '--model', str(toy), '-n', '30', '-D', '32', '--Apix', '1.7', '--snr', '1',

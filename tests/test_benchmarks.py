@@ -98,7 +98,7 @@ def test_het_without_k_small(tmp_path, capsys):
     import het_without_k
     het_without_k.main([str(tmp_path), '--sets', 'A', '-n', '96', '-D', '24', '--train-set', 'n_imgs_pretrain=96', 'n_imgs_pose_search=96',
                         'epochs_sgd=2', 'l_start=6', 'l_end=8', 't_extent=2', 't_n_grid=3', 'dim=32', 'pe_dim=8', 'base_order=0',
-                        'n_levels=2', 'research_base_order=0', 'research_l_start=6', 'refine_levels=2', 'z_init_iters=4', 'classify_folds=2'])
+                        'n_levels=2', 're_search_base_order=0', 're_search_l_start=6', 'refine_levels=2', 'z_init_iters=4', 'classify_folds=2'])
     out = capsys.readouterr().out
     rows = [l for l in out.splitlines() if l.startswith('| A |')]
     assert len(rows) == 1, out

@@ -85,7 +85,7 @@ def test_pfcrt_ctf_golden(cryodrgn_data):
     # RELION 3.0: the pixel size also follows from _rlnDetectorPixelSize * 1e4 / _rlnMagnification
     s = read_star(cryodrgn_data / PFCRT)
     assert s.optics is None and s.block == 'images' and len(s) == 5
-    np.testing.assert_allclose(s.apix, 1.035)
+    np.testing.assert_allclose(s.Apix, 1.035)
     assert np.linalg.norm(star_to_ctf(s, D=300) - ref) < 1e-4
 
 
@@ -97,7 +97,7 @@ def test_relion31_optics_and_images(cryodrgn_data):
     star = cryodrgn_data / 'relion31.star'
     s = read_star(star)
     assert s.relion31 and len(s) == 5
-    np.testing.assert_allclose(s.apix, 2.806)
+    np.testing.assert_allclose(s.Apix, 2.806)
     assert (s.box == 256).all()
     assert abs(mrc_header(cryodrgn_data / 'relion31.mrcs').Apix - 1.0) < 1e-6  # the header is wrong; optics wins
     locs = particle_locations(star)
@@ -131,7 +131,7 @@ def test_relion31_poses_and_overrides(cryodrgn_data):
 def test_relion5_parses(cryodrgn_data):
     s = read_star(cryodrgn_data / 'relion5.star')
     assert len(s) == 17 and s.relion31 and len(s.optics) == 1
-    np.testing.assert_allclose(s.apix, 0.89)
+    np.testing.assert_allclose(s.Apix, 0.89)
     assert (s.box == 448).all()
     ctf = star_to_ctf(s)
     assert ctf.shape == (17, 9)
@@ -175,7 +175,7 @@ def test_multiple_optics_groups(tmp_path):
     star = _star31(tmp_path / 'g.star', names, {'rlnOpticsGroup': [2, 1, 2]},
                    optics_rows=[(1, 1.0, 64, 300.0, 2.7, 0.1), (2, 2.0, 32, 200.0, 0.01, 0.07)])
     s = read_star(star)
-    np.testing.assert_allclose(s.apix, [2.0, 1.0, 2.0])
+    np.testing.assert_allclose(s.Apix, [2.0, 1.0, 2.0])
     np.testing.assert_array_equal(s.box, [32, 64, 32])
     ctf = star_to_ctf(s)
     np.testing.assert_allclose(ctf[:, [0, 1, 5, 6, 7]], [[32, 2, 200, 0.01, 0.07], [64, 1, 300, 2.7, 0.1],

@@ -144,7 +144,7 @@ def test_classify_poses(tmp_path):
     "3-D classification passes put particles of the wrong conformation group in the right one and keep their poses."
     from drgnai_nb.metrics import cluster_accuracy, pose_error
     d, cfg = _two_states_with_junk(tmp_path, 240, 0.5, 0.1, mode='refine', refine_z_groups=2, classify_rounds=2, classify_k=2,
-                                   base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, research_base_order=0)
+                                   base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, re_search_base_order=0)
     tr = Trainer(cfg, tmp_path / 'run', progress=False)
     lab = load_pkl(d / 'labels.pkl'); ok = lab >= 0
     g = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def test_classify_finds_k(tmp_path):
     "classify_k=0: the number of classes is the number of states count_states finds in z; one connected cloud: no classification."
     from drgnai_nb.metrics import cluster_accuracy
     d, cfg = _two_states_with_junk(tmp_path, 240, 0.5, 0.1, mode='refine', refine_z_groups=2, classify_rounds=1, classify_k=0,
-                                   base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, research_base_order=0)
+                                   base_order=0, n_levels=2, l_start=6, l_end=8, t_extent=2.0, t_n_grid=3, re_search_base_order=0)
     lab = load_pkl(d / 'labels.pkl'); ok = lab >= 0
     tr = Trainer(cfg, tmp_path / 'run', progress=False)
     g = np.random.default_rng(0)
