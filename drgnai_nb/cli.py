@@ -153,6 +153,7 @@ def _ext(path)->str: return Path(path).suffix.lower()
 
 # poses and CTF from any file: library functions (`metadata`), kept here under their old names
 from .metadata import load_poses_any, load_ctf_any
+from .values import CTFParams
 
 def _not_input(out, *inputs):
     "Refuse an output path that is one of the inputs."
@@ -375,7 +376,7 @@ def run_downsample(args, # the parsed command line (argparse.Namespace)
         ctf = load_ctf_any(args.particles, src.n_total, src.D, src.Apix)[src.indices].astype(np.float64)
         if io.has_poses(args.particles): rot, trans = load_poses_any(args.particles, src.n_total, src.D, src.Apix)
         if rot is not None: rot = rot[src.indices]; trans = None if trans is None else trans[src.indices]
-        ctf[:, 1] = ctf[:, 1] * ctf[:, 0] / d; ctf[:, 0] = d
+        ctf = CTFParams(ctf, args.particles).at_box(d).array
     new_apix = src.Apix * src.D / d
     out = data.downsample_stack(src, args.out, d, args.batch_size, progress=not args.no_progress)
     print(f'downsampled {len(src)} images from D={src.D} to d={d}: Apix {src.Apix:g} -> {new_apix:g} Å -> {out}')
@@ -587,8 +588,7 @@ def run_write_star(args, # the parsed command line (argparse.Namespace)
         rot, trans = rot[sel], (None if trans is None else trans[sel])
     _not_input(args.out, args.particles, args.ctf, args.poses)
     D = args.D or Dimg
-    ctf[:, 1] = ctf[:, 1] * ctf[:, 0] / D if args.Apix is None else args.Apix
-    ctf[:, 0] = D
+    ctf = CTFParams(ctf, args.ctf).at_box(D, args.Apix).array
     io.write_star(args.out, [(stacks[s], i) for s, i in zip(sid[sel].tolist(), idx[sel].tolist())], ctf, rot, trans)
     print(f'wrote {len(sel)} of {N} particles to {args.out}: D={D} px, Apix={_values(ctf[:, 1])} Å'
           + (', with poses' if rot is not None else ', no poses'))

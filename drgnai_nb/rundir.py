@@ -18,6 +18,7 @@ from .io import (DrgnaiInputError, atomic_write, write_mrc, save_pkl, load_pkl, 
                  load_checkpoint, resolve_run_path, particle_location_arrays)
 from .models import VolumeConfig, make_volume, eval_volume
 from .config import TrainConfig
+from .values import Poses
 
 # %% ../nbs/12c_rundir.ipynb #d5e6e843
 RUN_EPOCH_FILES = {'weights': 'weights.{}.pt', 'pose': 'pose.{}.pkl', 'z': 'z.{}.pkl', 'map': 'reconstruct.{}.mrc'}
@@ -83,7 +84,7 @@ def save_epoch(rundir:str|Path, # run directory
               ):
     "Write epoch `epoch`'s poses (box fractions), z, map, checkpoint and learning curve, each atomically, the checkpoint last but the curve."
     D = int(state['D'])
-    save_poses(run_file(rundir, 'pose', epoch), np.asarray(rot, np.float32), (np.asarray(trans_px) / D).astype(np.float32))
+    Poses(rot, trans_px).save(run_file(rundir, 'pose', epoch), D)  # the pickle holds box fractions
     if z is not None: save_pkl(run_file(rundir, 'z', epoch), z)
     write_mrc(run_file(rundir, 'map', epoch), vol, Apix=Apix)
     atomic_write(run_file(rundir, 'weights', epoch), lambda tmp: torch.save(state, tmp))

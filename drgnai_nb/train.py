@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from .io import DrgnaiInputError, load_ctf, load_poses
+from .values import Poses
 from .data import ImageSource, ParticleDataset, ctf_image_apix
 from .lattice import Lattice
 from .ctf import ctf_from_params
@@ -69,8 +70,8 @@ class PoseTable(nn.Module):
         self.trans.weight[idx] = t.float().to(self.trans.weight)
 
     @torch.no_grad()
-    def all(self)->tuple: # (rot (N, 3, 3), trans (N, 2) pixels)
-        return s2s2_to_R(self.s2s2.weight), self.trans.weight.clone()
+    def all(self)->Poses: # rot (N, 3, 3), trans (N, 2) pixels
+        return Poses(s2s2_to_R(self.s2s2.weight), self.trans.weight.clone())
 
 # %% ../nbs/12_train.ipynb #562a9aec
 class TrainingDiverged(RuntimeError):
@@ -177,9 +178,6 @@ class Trainer(Passes):
     @property
     def _shuffle(self)->dict: return dict(chunk=self.cfg.shuffle_chunk, buffer=self.cfg.shuffle_buffer)
 
-    def _reduce_grads(self):
-        "Combine the decoder's (and tables') gradients across processes before a step."
-
     def _sync_tables(self):
         "Make the pose and conformation tables identical on every process (after a pass that changed some rows)."
 
@@ -215,10 +213,10 @@ def loss(self:Trainer,
     return ((yt - self._ctf(idx, m) * pred.float()) ** 2).mean()
 
 @patch
-def current_poses_of(self:Trainer, idx:Tensor)->tuple: # (R (B,3,3), t (B,2) pixels)
+def current_poses_of(self:Trainer, idx:Tensor)->Poses: # R (B,3,3), t (B,2) pixels
     if self.cfg.mode == 'fixed':
-        return self.given_poses[0][idx.cpu()].to(self.device), self.given_poses[1][idx.cpu()].to(self.device)
-    return self.poses(idx)
+        return Poses(self.given_poses[0][idx.cpu()].to(self.device), self.given_poses[1][idx.cpu()].to(self.device))
+    return Poses(*self.poses(idx))
 
 @patch
 def _z(self:Trainer, idx:Tensor)->Tensor|None:
@@ -238,7 +236,6 @@ def _step(self:Trainer, loss:Tensor, where:str, tables:bool):
                                + (f' The decoder ran in {self.amp_dtype}: --set amp=off runs it in float32.' if self.amp_dtype else ''))
     self.opt_model.zero_grad(set_to_none=True); self.opt_pose.zero_grad(set_to_none=True); self.opt_conf.zero_grad(set_to_none=True)
     self.scaler.backward(loss)
-    self._reduce_grads()
     self.scaler.step(self.opt_model, *([self.opt_conf] if self.cfg.zdim > 0 else []), *([self.opt_pose] if tables else []))
 
 @patch
@@ -386,10 +383,10 @@ def _fit(self:Trainer)->'Trainer':
 
 # %% ../nbs/12_train.ipynb #eb71d49d
 @patch
-def current_poses(self:Trainer)->tuple: # (rot (N,3,3), trans (N,2) pixels)
-    if self.cfg.mode == 'fixed': return self.given_poses
+def current_poses(self:Trainer)->Poses: # rot (N,3,3), trans (N,2) pixels, on the CPU
+    if self.cfg.mode == 'fixed': return Poses(*self.given_poses)
     r, t = self.poses.all()
-    return r.cpu(), t.cpu()
+    return Poses(r.cpu(), t.cpu())
 
 @patch
 def z_all(self:Trainer)->np.ndarray|None:
