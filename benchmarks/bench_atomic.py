@@ -27,6 +27,7 @@ def make_sets(a, out:Path)->dict:
     from drgnai_nb.atomic import AtomicSimConfig, simulate_atomic_to_dir
     from drgnai_nb.data import ImageSource, downsample_stack
     from drgnai_nb.io import read_mrc, write_mrc, load_ctf, save_ctf, write_star, load_poses
+    from drgnai_nb.values import CTFParams
     from drgnai_nb.fft import htn_center, ihtn_center
     D0 = max(a.boxes + [a.D])
     big = out / f'data_D{D0}'
@@ -45,7 +46,7 @@ def make_sets(a, out:Path)->dict:
         if (small / 'particles.mrcs').exists(): continue
         small.mkdir(parents=True, exist_ok=True)
         stack = downsample_stack(ImageSource(str(big / 'particles.mrcs')), small / 'particles.mrcs', d, progress=False)
-        ctf = load_ctf(big / 'ctf.pkl'); ctf[:, 0] = d; ctf[:, 1] = ctf[:, 1] * D0 / d
+        ctf = CTFParams.load(big / "ctf.pkl").at_box(d).array  # the pixel size grows by D0 / d
         save_ctf(small / 'ctf.pkl', ctf)
         for f in ('poses.pkl', 'labels.pkl', 'u.pkl', 'sim_config.yaml'): shutil.copy(big / f, small / f)  # shifts are box fractions
         rot, trans = load_poses(big / 'poses.pkl')

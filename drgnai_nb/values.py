@@ -5,20 +5,23 @@
 # %% auto #0
 __all__ = ['CTF_COLUMNS', 'CTF_UNITS', 'Poses', 'CTFParams']
 
-# %% ../nbs/04i_values.ipynb #dbf51f9b
+# %% ../nbs/04i_values.ipynb #d9db6bd5
 from pathlib import Path
-from typing import NamedTuple
+from dataclasses import dataclass
 import numpy as np
 import torch
 from .errors import DrgnaiInputError
 from .checks import check_ctf
 from .pkl import load_poses, save_poses, load_ctf, save_ctf
 
-# %% ../nbs/04i_values.ipynb #597ae132
-class Poses(NamedTuple):
+# %% ../nbs/04i_values.ipynb #f775749b
+@dataclass(frozen=True)
+class Poses:
     "Poses of N particles: `rot` (N, 3, 3) acting on row vectors (cryoDRGN's convention), `trans` (N, 2) shifts in pixels (numpy or torch)."
     rot: np.ndarray|torch.Tensor # (N, 3, 3) rotations
     trans: np.ndarray|torch.Tensor # (N, 2) re-centring shifts, pixels of the images' box
+
+    def __iter__(self): return iter((self.rot, self.trans))  # `rot, trans = poses`
 
     @property
     def n(self)->int:
@@ -57,7 +60,7 @@ class Poses(NamedTuple):
         p = self.numpy()
         return save_poses(path, p.rot, (p.trans / D).astype(np.float32))
 
-# %% ../nbs/04i_values.ipynb #1f813a3d
+# %% ../nbs/04i_values.ipynb #3b501d6d
 CTF_COLUMNS = ('D', 'Apix', 'dfu', 'dfv', 'dfang', 'kv', 'cs', 'w', 'phase_shift')  # cryoDRGN's ctf.pkl column order
 CTF_UNITS = ('px', 'Å', 'Å', 'Å', '°', 'kV', 'mm', '', '°')
 
