@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CTF_COLUMNS', 'CTF_UNITS', 'Poses', 'CTFParams']
 
-# %% ../nbs/04i_values.ipynb #d9db6bd5
+# %% ../nbs/04i_values.ipynb #7bd0e883
 from pathlib import Path
 from dataclasses import dataclass
 import numpy as np
@@ -14,7 +14,7 @@ from .errors import DrgnaiInputError
 from .checks import check_ctf
 from .pkl import load_poses, save_poses, load_ctf, save_ctf
 
-# %% ../nbs/04i_values.ipynb #f775749b
+# %% ../nbs/04i_values.ipynb #00ae85a0
 @dataclass(frozen=True)
 class Poses:
     "Poses of N particles: `rot` (N, 3, 3) acting on row vectors (cryoDRGN's convention), `trans` (N, 2) shifts in pixels (numpy or torch)."
@@ -22,6 +22,7 @@ class Poses:
     trans: np.ndarray|torch.Tensor # (N, 2) re-centring shifts, pixels of the images' box
 
     def __iter__(self): return iter((self.rot, self.trans))  # `rot, trans = poses`
+    def __getitem__(self, i:int): return (self.rot, self.trans)[i]  # poses[0], poses[1]: the (rot, trans) pair's places
 
     @property
     def n(self)->int:
@@ -60,7 +61,7 @@ class Poses:
         p = self.numpy()
         return save_poses(path, p.rot, (p.trans / D).astype(np.float32))
 
-# %% ../nbs/04i_values.ipynb #3b501d6d
+# %% ../nbs/04i_values.ipynb #ea2d7d26
 CTF_COLUMNS = ('D', 'Apix', 'dfu', 'dfv', 'dfang', 'kv', 'cs', 'w', 'phase_shift')  # cryoDRGN's ctf.pkl column order
 CTF_UNITS = ('px', 'Å', 'Å', 'Å', '°', 'kV', 'mm', '', '°')
 
