@@ -260,7 +260,7 @@ def particle_table(run:Run, # the loaded run
     return df
 
 # %% ../nbs/13_analysis.ipynb #d07d929f
-from .truth import truth_metrics, per_image_fsc_auc, _frame_transform, _per_image_truth
+from .truth import truth_metrics, per_image_fsc_auc
 _all_ = ['truth_metrics', 'per_image_fsc_auc']
 
 # %% ../nbs/13_analysis.ipynb #7afca6cf

@@ -153,7 +153,7 @@ def _ext(path)->str: return Path(path).suffix.lower()
 
 # poses and CTF from any file: library functions (`metadata`), kept here under their old names
 from .metadata import load_poses_any, load_ctf_any
-from .values import CTFParams
+from .values import CTFParams, distinct_values as _values
 
 def _not_input(out, *inputs):
     "Refuse an output path that is one of the inputs."
@@ -161,13 +161,6 @@ def _not_input(out, *inputs):
     o = Path(out).resolve()
     for i in inputs:
         if i is not None and Path(i).resolve() == o: raise _input_error(f'{out}: the output would overwrite an input file')
-
-def _values(a)->str:
-    "Distinct values of an array, compactly: `2.5` or `2.5, 3 (2 values)`."
-    import numpy as np
-    u = np.unique(np.asarray(a))
-    s = ', '.join(f'{x:.6g}' for x in u[:4]) + (', ...' if len(u) > 4 else '')
-    return s if len(u) == 1 else f'{s} ({len(u)} values)'
 
 def _jsonable(x):
     "Floats/arrays/paths to JSON values (nan and inf become null)."

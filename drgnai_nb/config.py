@@ -137,9 +137,14 @@ class SearchConfig(_Section):
     def check(self):
         self._at_least(0, 're_search_base_order', 'refine_levels'); self._at_least(1, 're_search_n_kept', 're_search_l_start', 'hps_z_groups', 'refine_z_groups')
         self._positive('refine_delta_deg', 'refine_shift_px')
-        try: HPSConfig(base_order=self.base_order, n_levels=self.n_levels, l_start=self.l_start, l_end=self.l_end,
-                       n_kept=self.n_kept, t_extent=self.t_extent, t_n_grid=self.t_n_grid)
+        try: self.hps_config()
         except ValueError as e: raise DrgnaiInputError(f'config, section search: {e}') from None
+
+    def hps_config(self, max_chunk:int=2**26, # bound on images × shifts × rotations scored at once (`search_max_elems`)
+                  )->HPSConfig:
+        "The pose search's settings (`hps.HPSConfig`) of the search phase."
+        return HPSConfig(base_order=self.base_order, n_levels=self.n_levels, l_start=self.l_start, l_end=self.l_end,
+                         n_kept=self.n_kept, t_extent=self.t_extent, t_n_grid=self.t_n_grid, max_chunk=max_chunk)
 
 # %% ../nbs/12b_config.ipynb #07078e54
 @dataclass
@@ -216,9 +221,8 @@ class TrainConfig(RuntimeConfig, HeterogeneityConfig, SearchConfig, ScheduleConf
 
     @property
     def hps(self)->HPSConfig:
-        "The pose search's settings (`hps.HPSConfig`) of the pose-search phase."
-        return HPSConfig(base_order=self.base_order, n_levels=self.n_levels, l_start=self.l_start, l_end=self.l_end,
-                         n_kept=self.n_kept, t_extent=self.t_extent, t_n_grid=self.t_n_grid, max_chunk=self.search_max_elems)
+        "The pose search's settings (`hps.HPSConfig`) of the pose-search phase, within the run's `search_max_elems`."
+        return self.hps_config(self.search_max_elems)
 
     def re_search_hps(self, radius:int, # the band limit of the pass, lattice pixels (the loss mask's radius)
                      )->HPSConfig:
@@ -297,8 +301,7 @@ TrainConfig.SECTIONS = {name: tuple(f.name for f in fields(cls)) for name, cls i
 def section(self:TrainConfig, name:str, # one of `TrainConfig.SECTIONS`
            )->dict: # {field: value} of that section
     "The fields of one section of the config."
-    if name not in self.SECTIONS: raise DrgnaiInputError(f'config section {name!r}: expected one of {sorted(self.SECTIONS)}')
-    return {f: getattr(self, f) for f in self.SECTIONS[name]}
+    return asdict(self.section_config(name))  # refuses an unknown name
 
 # %% ../nbs/12b_config.ipynb #3befb1a5
 def parse_set(cfg:dict, # config fields so far

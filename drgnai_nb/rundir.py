@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 import numpy as np
 import torch
-from .io import (DrgnaiInputError, atomic_write, write_mrc, save_pkl, load_pkl, save_poses, load_poses, load_ctf, load_ind,
+from .io import (DrgnaiInputError, atomic_write, write_mrc, save_pkl, load_pkl, load_poses, load_ctf, load_ind,
                  load_checkpoint, resolve_run_path, particle_location_arrays)
 from .models import VolumeConfig, make_volume, eval_volume
 from .config import TrainConfig
